@@ -1,0 +1,59 @@
+"""What every adapter returns, and the split handling they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datasets import DatasetDict
+
+from hfseg.errors import HfsegError
+
+VALIDATION_SPLIT_NAMES = ("validation", "val", "valid", "test")
+
+
+@dataclass
+class SourceData:
+    """Image/mask pairs of one source.
+
+    Attributes:
+        dataset: splits of a `datasets.Dataset` with an image column and a mask column.
+        image_column / label_column: the column names.
+        id2label: class names of the final labels, when the source knows them (else None).
+        reduce_labels: the source's own convention when it has one (ADE20K: True); None = use the flag.
+        label_map: raw value -> final id table the source needs (Cityscapes labelIds), if any.
+    """
+
+    dataset: DatasetDict
+    image_column: str
+    label_column: str
+    id2label: dict[int, str] | None
+    reduce_labels: bool | None = None
+    label_map: dict[int, int] | None = None
+
+
+def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> DatasetDict:
+    """Return a DatasetDict with `train` and `validation`, honouring the split flags and sample caps."""
+    train_split = data_args.train_split
+    if train_split not in dataset:
+        raise HfsegError(f"split '{train_split}' not found (splits: {list(dataset)}); set --train_split")
+    validation_split = data_args.validation_split
+    if validation_split is None:
+        validation_split = next(
+            (name for name in VALIDATION_SPLIT_NAMES if name in dataset and name != train_split), None
+        )
+    elif validation_split not in dataset:
+        raise HfsegError(f"split '{validation_split}' not found (splits: {list(dataset)}); set --validation_split")
+    if validation_split is None:
+        held_out = dataset[train_split].train_test_split(test_size=data_args.validation_fraction, seed=seed)
+        splits = {"train": held_out["train"], "validation": held_out["test"]}
+    else:
+        splits = {"train": dataset[train_split], "validation": dataset[validation_split]}
+    for name, cap in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if cap is not None and len(splits[name]) > cap:
+            splits[name] = splits[name].select(range(cap))
+        if len(splits[name]) == 0:
+            raise HfsegError(
+                f"the {name} split is empty; check --{'train' if name == 'train' else 'validation'}_split "
+                "and the data source"
+            )
+    return DatasetDict(splits)

@@ -1,0 +1,23 @@
+"""`hfseg` command line: subcommands that call the modules (finetune, ...)."""
+
+from __future__ import annotations
+
+import sys
+
+SUBCOMMANDS = {
+    "finetune": ("hfseg.finetune", "fine-tune a model (same flags as hfseg/finetune.py)"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print("usage: hfseg {" + ",".join(SUBCOMMANDS) + "} [flags]\n")
+        for name, (_, help_text) in SUBCOMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    sys.argv = [f"hfseg {argv[0]}", *argv[1:]]
+    module.main(argv[1:])

@@ -1,0 +1,229 @@
+"""Run configuration: dataclasses parsed by `HfArgumentParser`, with YAML recipes as defaults.
+
+`--recipe NAME|PATH` loads `recipes/NAME.yaml`; command-line flags override any field; the resolved
+configuration is written next to the outputs so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from hfseg.errors import HfsegError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RESOLVED_CONFIG_NAME = "hfseg_config.yaml"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint to fine-tune: a Hub id (nvidia/mit-b0) or a local directory."},
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Build a randomly initialised model of this type (segformer, upernet, ...) from a config "
+            "instead of loading a checkpoint; needs no download."
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of config attributes to override, e.g. '{\"hidden_sizes\": [16, 32, 64, 128]}'."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Model input size (square) for the image processor; default: the checkpoint's."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a checkpoint's own Python code to run (off unless you trust it)."}
+    )
+    revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Data source: a Hub dataset id (scene_parse_150), a local datasets folder, or 'synthetic'."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data folder read with --layout."})
+    layout: str | None = field(
+        default=None, metadata={"help": "On-disk layout of --data_dir (folder, voc, ade20k, ...)."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Mask column (default: detected)."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (default: validation/val/test, else a held-out part)."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the train split held out when the source has no validation split."}
+    )
+    reduce_labels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Mask value 0 (background/other) becomes ignore_index and k becomes k-1 "
+            "(default: the source's own convention, e.g. true for ADE20K, else false)."
+        },
+    )
+    ignore_index: int = field(default=255, metadata={"help": "Label value that is never trained on nor scored."})
+    id2label_file: str | None = field(default=None, metadata={"help": "JSON file {id: name} of the final classes."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation pairs."})
+    synthetic_train_size: int = field(default=400, metadata={"help": "Synthetic demo data: training images."})
+    synthetic_eval_size: int = field(default=40, metadata={"help": "Synthetic demo data: validation images."})
+    crop_size: int = field(default=512, metadata={"help": "Training crop (square) fed to the model."})
+    scale_range: list[float] = field(
+        default_factory=lambda: [0.5, 2.0], metadata={"help": "Random-resize ratio range around --crop_size."}
+    )
+    cat_max_ratio: float = field(
+        default=0.75, metadata={"help": "Retry random crops where one class covers more than this share (1 = off)."}
+    )
+    hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal-flip probability in training."})
+    photometric: bool = field(default=True, metadata={"help": "Brightness/contrast/saturation/hue distortion."})
+    num_preview_images: int = field(default=4, metadata={"help": "Validation images in predictions.png."})
+
+
+@dataclass
+class SegTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with what segmentation needs set by default."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and the final model go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that already holds another run."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image/label columns for transforms."})
+    batch_eval_metrics: bool = field(default=True, metadata={"help": "Stream eval metrics batch by batch."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
+    )
+    save_strategy: SaveStrategy | str = field(
+        default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegTrainingArguments)
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    """`demo` -> recipes/demo.yaml; a path is taken as it is."""
+    path = Path(recipe)
+    candidate = path if path.suffix in (".yaml", ".yml") or path.exists() else RECIPES_DIR / f"{recipe}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise HfsegError(f"recipe '{recipe}' not found (looked for {candidate}); known recipes: {known}")
+    return candidate
+
+
+def load_recipe(recipe: str) -> dict:
+    """Read a recipe YAML and check every key is a field of the argument dataclasses."""
+    path = resolve_recipe_path(recipe)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise HfsegError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise HfsegError(f"{path} must be a mapping of field: value, found {type(values).__name__}")
+    values.pop("recipe", None)  # a resolved config records the recipe it came from
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise HfsegError(
+                f"unknown key '{key}' in recipe {path}; remove it or use a field of `hfseg finetune --help`"
+            )
+    # A mapping given for a field that takes a JSON string (config_overrides) is encoded; fields that take
+    # dicts themselves (accelerator_config, lr_scheduler_kwargs) keep it.
+    dict_fields = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if "dict" in str(f.type)}
+    return {
+        key: json.dumps(value) if isinstance(value, dict) and key not in dict_fields else value
+        for key, value in values.items()
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SegTrainingArguments]:
+    """Parse `--recipe` (defaults) and flags (which win) into the three argument dataclasses."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--recipe", default=None, help="Recipe name (recipes/NAME.yaml) or path to a YAML file.")
+    if known.recipe:
+        recipe = load_recipe(known.recipe)
+        _check_recipe_types(parser, recipe, resolve_recipe_path(known.recipe))
+        parser.set_defaults(**recipe)
+    try:
+        model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(
+            args=rest + (["--recipe", known.recipe] if known.recipe else []), return_remaining_strings=False
+        )
+    except (ValueError, TypeError) as error:
+        raise HfsegError(f"invalid configuration: {error}") from None
+    training_args.recipe = known.recipe
+    return model_args, data_args, training_args
+
+
+def _check_recipe_types(parser: argparse.ArgumentParser, recipe: dict, path: Path) -> None:
+    """argparse does not convert non-string defaults: check them here so a wrong type names its key."""
+    for action in parser._actions:
+        if action.dest not in recipe or action.type is None:
+            continue
+        value = recipe[action.dest]
+        if isinstance(value, dict):
+            continue
+        values = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
+        for item in values:
+            if item is None:
+                continue
+            try:
+                converted = action.type(item) if isinstance(item, str) else action.type(str(item))
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise HfsegError(
+                    f"recipe {path}: '{action.dest}' has value {item!r} of the wrong type; "
+                    f"expected {getattr(action.type, '__name__', action.type)}"
+                ) from None
+            if action.choices and converted not in action.choices:
+                raise HfsegError(f"recipe {path}: '{action.dest}' must be one of {list(action.choices)}, got {item!r}")
+
+
+def _plain(value):
+    """A YAML-safe copy: enums become their value, containers are walked, other objects become str."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if value is None or type(value) in (int, float, str, bool):
+        return value
+    return str(value)
+
+
+def save_resolved_config(output_dir: str | Path, *argument_objects) -> Path:
+    """Write every field of the parsed dataclasses to `output_dir/hfseg_config.yaml`."""
+    resolved = {}
+    for arguments in argument_objects:
+        values = arguments.to_dict() if isinstance(arguments, TrainingArguments) else dataclasses.asdict(arguments)
+        for name, value in values.items():
+            if name.startswith("_") or name.endswith("token"):  # never write credentials
+                continue
+            resolved[name] = _plain(value)
+    resolved["recipe"] = getattr(argument_objects[-1], "recipe", None)
+    path = Path(output_dir) / RESOLVED_CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return path

@@ -1,0 +1,45 @@
+"""User-facing errors: one short message naming the file/field and the fix, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+
+class HfsegError(Exception):
+    """An error in the user's input or environment, with a message that says how to fix it."""
+
+
+def _bare_debug_positions(argv: list[str]) -> list[int]:
+    """Positions of a bare `--debug` (TrainingArguments' own `--debug VALUE` takes a value and is left alone)."""
+    return [
+        i for i, arg in enumerate(argv) if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+    ]
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return bool(_bare_debug_positions(argv)) or os.environ.get("HFSEG_DEBUG", "") not in ("", "0")
+
+
+def strip_debug(argv: list[str]) -> list[str]:
+    """`argv` without a bare `--debug` (hfseg's flag for full tracebacks)."""
+    drop = set(_bare_debug_positions(argv))
+    return [arg for i, arg in enumerate(argv) if i not in drop]
+
+
+def user_errors_exit(main):
+    """Decorator for entry points: an `HfsegError` prints `hfseg: error: ...` and exits 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except HfsegError as error:
+            if debug_enabled():
+                raise
+            print(f"hfseg: error: {error}\n(run again with --debug for the full traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,168 @@
+"""Streaming semantic-segmentation metrics: a confusion matrix accumulated batch by batch.
+
+Keys and NaN semantics follow `evaluate`'s `mean_iou` (and mmsegmentation's IoUMetric for the
+extra keys): a class absent from both prediction and labels has NaN IoU and is left out of the means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Trainer pads labels with -100 across processes; never count those pixels.
+TRAINER_PAD_INDEX = -100
+
+
+def confusion_matrix(
+    preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """Confusion matrix of one batch: rows are true classes, columns predicted classes.
+
+    Args:
+        preds: integer class map, any shape.
+        labels: integer class map, same shape; `ignore_index` and -100 pixels are dropped.
+
+    Returns:
+        (num_labels, num_labels) int64 tensor on `labels.device`.
+
+    Raises:
+        ValueError: a label that is neither a class id nor an ignore value (a label-handling bug upstream).
+    """
+    if preds.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
+    labels = labels.reshape(-1).long()
+    preds = preds.reshape(-1).long().to(labels.device)
+    keep = (labels != ignore_index) & (labels != TRAINER_PAD_INDEX)
+    labels, preds = labels[keep], preds[keep]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
+        bad = labels[(labels < 0) | (labels >= num_labels)].unique()[:5].tolist()
+        raise ValueError(
+            f"labels contain values {bad} outside 0..{num_labels - 1} that are not ignore_index={ignore_index}; "
+            "check reduce_labels / label_map for this data set"
+        )
+    preds = preds.clamp(0, num_labels - 1)
+    return torch.bincount(labels * num_labels + preds, minlength=num_labels**2).reshape(num_labels, num_labels)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of logits to a label's size: (B, C, h, w) -> (B, C, H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def metrics_from_confusion(confusion: np.ndarray | torch.Tensor) -> dict[str, float | np.ndarray]:
+    """`evaluate`-style metrics (plus mmseg's mDice/mFscore) from a (C, C) confusion matrix."""
+    cm = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion, dtype=np.float64)
+    intersect = np.diag(cm)
+    area_label = cm.sum(axis=1)
+    area_pred = cm.sum(axis=0)
+    union = area_label + area_pred - intersect
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersect / union, np.nan)
+        accuracy = np.where(area_label > 0, intersect / area_label, np.nan)
+        precision = np.where(area_pred > 0, intersect / area_pred, np.nan)
+        dice = np.where(area_label + area_pred > 0, 2 * intersect / (area_label + area_pred), np.nan)
+        total = area_label.sum()
+        overall = intersect.sum() / total if total > 0 else np.nan
+    return {
+        "mean_iou": _nanmean(iou),
+        "mean_accuracy": _nanmean(accuracy),
+        "overall_accuracy": float(overall),
+        "mean_dice": _nanmean(dice),
+        "mean_precision": _nanmean(precision),
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+        "per_category_dice": dice,
+        "per_category_precision": precision,
+    }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+class StreamingSegmentationMetric:
+    """Accumulates a confusion matrix over batches; memory is O(num_labels^2), whatever the data size.
+
+    Example:
+        >>> metric = StreamingSegmentationMetric(num_labels=3)
+        >>> metric.update(logits, labels)   # logits (B, C, h, w) or class map (B, H, W)
+        >>> metric.compute()["mean_iou"]
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int = 255):
+        self.num_labels = num_labels
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.confusion.zero_()
+
+    def update(self, pred_or_logits, labels) -> None:
+        """Add one batch.
+
+        Args:
+            pred_or_logits: logits (B, C, h, w), upsampled bilinearly to the labels' size and argmax'ed,
+                or a class map with the labels' shape.
+            labels: (B, H, W) or (H, W) class ids; `ignore_index` and -100 are not counted.
+        """
+        pred_or_logits = torch.as_tensor(pred_or_logits)
+        labels = torch.as_tensor(labels)
+        if pred_or_logits.ndim == labels.ndim + 1 and labels.ndim >= 2:
+            logits = pred_or_logits if labels.ndim == 3 else pred_or_logits[None]
+            preds = upsample_logits(logits, tuple(labels.shape[-2:])).argmax(dim=1)
+            preds = preds if labels.ndim == 3 else preds[0]
+        else:
+            preds = pred_or_logits
+        self.update_confusion(confusion_matrix(preds, labels, self.num_labels, self.ignore_index))
+
+    def update_confusion(self, confusion: torch.Tensor) -> None:
+        """Add a precomputed (C, C) or per-sample (B, C, C) confusion matrix."""
+        confusion = torch.as_tensor(confusion).to(torch.int64).cpu()
+        self.confusion += confusion.reshape(-1, self.num_labels, self.num_labels).sum(0)
+
+    def compute(self) -> dict[str, float | np.ndarray]:
+        return metrics_from_confusion(self.confusion)
+
+
+def compute_segmentation_metrics(preds, labels, num_labels: int, ignore_index: int = 255) -> dict:
+    """One-shot version of `StreamingSegmentationMetric` for predictions already in memory."""
+    metric = StreamingSegmentationMetric(num_labels, ignore_index)
+    if isinstance(preds, (list, tuple)):
+        for pred, label in zip(preds, labels, strict=True):
+            metric.update(pred, label)
+    else:
+        metric.update(preds, labels)
+    return metric.compute()
+
+
+class TrainerSegmentationMetrics:
+    """`compute_metrics` for `Trainer(batch_eval_metrics=True)`.
+
+    `SegTrainer.prediction_step` hands it per-sample confusion matrices (B, C, C) as predictions, so
+    what crosses processes is small and `gather_for_metrics` drops the sampler's duplicated samples.
+    """
+
+    def __init__(self, id2label: dict[int, str], ignore_index: int = 255):
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.metric = StreamingSegmentationMetric(len(self.id2label), ignore_index)
+
+    def __call__(self, eval_pred, compute_result: bool = True) -> dict | None:
+        self.metric.update_confusion(torch.as_tensor(eval_pred.predictions))
+        if not compute_result:
+            return None
+        result = self.metric.compute()
+        self.metric.reset()
+        return flatten_metrics(result, self.id2label)
+
+
+def flatten_metrics(result: dict, id2label: dict[int, str]) -> dict:
+    """Scalars stay, arrays become lists (JSON-able) and per-class IoU is added under class names."""
+    flat = {}
+    for key, value in result.items():
+        flat[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    for index, iou in enumerate(result["per_category_iou"]):
+        flat[f"iou_{id2label.get(index, str(index))}"] = float(iou)
+    return flat

@@ -1,0 +1,116 @@
+"""Build or load an `AutoModelForSemanticSegmentation` and its image processor for a label set."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import transformers
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+from hfseg.errors import HfsegError
+from hfseg.network import require_hub
+
+logger = logging.getLogger(__name__)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
+
+
+def _config_overrides(model_args) -> dict:
+    if not model_args.config_overrides:
+        return {}
+    try:
+        overrides = json.loads(model_args.config_overrides)
+    except json.JSONDecodeError as error:
+        raise HfsegError(f"--config_overrides is not valid JSON: {error}") from None
+    if not isinstance(overrides, dict):
+        raise HfsegError("--config_overrides must be a JSON object of config attributes")
+    return overrides
+
+
+def _label_kwargs(id2label: dict[int, str], ignore_index: int) -> dict:
+    return {
+        "num_labels": len(id2label),
+        "id2label": {int(k): v for k, v in id2label.items()},
+        "label2id": {v: int(k) for k, v in id2label.items()},
+        "semantic_loss_ignore_index": ignore_index,
+    }
+
+
+def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
+    """A semantic-segmentation model whose head has `len(id2label)` classes.
+
+    With `model_type`, a random-init model from a config (no download); otherwise a checkpoint is loaded
+    and a head of another size is replaced (`ignore_mismatched_sizes`).
+    """
+    overrides = _config_overrides(model_args)
+    labels = _label_kwargs(id2label, ignore_index)
+    if model_args.model_type:
+        if model_args.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+            raise HfsegError(_unsupported_message(model_args.model_type))
+        config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
+        return AutoModelForSemanticSegmentation.from_config(config)
+    name = model_args.model_name_or_path
+    if not name:
+        raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
+    require_hub("model", name)
+    kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    config = AutoConfig.from_pretrained(name, **kwargs, **overrides)
+    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
+        raise HfsegError(
+            f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
+            f"{_unsupported_message(config.model_type)}"
+        )
+    for key, value in labels.items():
+        setattr(config, key, value)
+    return AutoModelForSemanticSegmentation.from_pretrained(
+        name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
+    )
+
+
+def _unsupported_message(model_type: str) -> str:
+    return (
+        f"model type '{model_type}' has no semantic-segmentation head in transformers; supported: "
+        f"{', '.join(supported_model_types())}"
+    )
+
+
+def build_image_processor(model_args):
+    """The checkpoint's image processor (or a fresh one for `model_type`), sized and with label reduction off:
+    hfseg's adapters apply the label spec themselves, exactly once."""
+    if model_args.model_type:
+        class_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_args.model_type) or {}
+        class_name = class_names.get("torchvision") or class_names.get("pil") or "SegformerImageProcessor"
+        processor = getattr(transformers, class_name)()
+    else:
+        kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if model_args.image_size:
+        processor.size = {"height": model_args.image_size, "width": model_args.image_size}
+    if hasattr(processor, "do_reduce_labels"):
+        processor.do_reduce_labels = False
+    return processor
+
+
+def processor_input_size(processor) -> int | None:
+    """The square side the processor resizes to, if it resizes to a fixed size."""
+    size = getattr(processor, "size", None) or {}
+    if not getattr(processor, "do_resize", True):
+        return None
+    if "height" in size:
+        return int(size["height"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"])
+    return None
+
+
+def processor_mean_std(processor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from hfseg.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = getattr(processor, "image_mean", None) or IMAGENET_MEAN
+    std = getattr(processor, "image_std", None) or IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -1,0 +1,55 @@
+"""Rows of a source -> model inputs: decode image and mask, apply the `LabelSpec` once, check, transform.
+
+Attached lazily with `Dataset.with_transform`, so images are decoded only when a batch needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from datasets import Dataset
+
+from hfseg.errors import HfsegError
+from hfseg.labels import LabelSpec, decode_mask, load_rgb
+
+
+def describe(image, fallback: str) -> str:
+    """A name for error messages: the file a PIL image was read from, else `fallback`."""
+    return getattr(image, "filename", "") or fallback
+
+
+def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
+    """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked."""
+    name = describe(mask, source)
+    rgb = load_rgb(image)
+    labels = spec.encode(decode_mask(mask, name), name)
+    if labels.shape != (rgb.height, rgb.width):
+        raise HfsegError(
+            f"{name}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {describe(image, source)} is "
+            f"{rgb.width}x{rgb.height}; masks must match their images pixel for pixel (fix or remove the pair)"
+        )
+    return rgb, labels
+
+
+class RowTransform:
+    """Batch-of-rows -> {'pixel_values': [...], 'labels': [...]} for `Dataset.with_transform`."""
+
+    def __init__(self, image_column: str, label_column: str, spec: LabelSpec, transform: Callable):
+        self.image_column = image_column
+        self.label_column = label_column
+        self.spec = spec
+        self.transform = transform
+
+    def __call__(self, batch: dict) -> dict:
+        pixel_values, labels = [], []
+        for index, (image, mask) in enumerate(zip(batch[self.image_column], batch[self.label_column], strict=True)):
+            rgb, label = encode_pair(image, mask, self.spec, source=f"row {index} of the batch")
+            pixel, label = self.transform(rgb, label)
+            pixel_values.append(pixel)
+            labels.append(label)
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+def attach_transform(dataset: Dataset, image_column: str, label_column: str, spec: LabelSpec, transform) -> Dataset:
+    """The dataset, decoding and transforming lazily on access."""
+    return dataset.with_transform(RowTransform(image_column, label_column, spec, transform))

@@ -1,0 +1,61 @@
+"""SegTrainer: `transformers.Trainer` with segmentation evaluation at the labels' own resolution.
+
+Per evaluation batch, logits are upsampled to each label's size, argmax'ed and reduced to per-sample
+confusion matrices; only those (B, C, C) tensors cross processes and reach `compute_metrics`, so
+evaluation memory does not grow with the number or the size of the images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from hfseg.inference import logits_at_sizes
+from hfseg.metrics import confusion_matrix
+
+
+class SegTrainer(Trainer):
+    """Trainer for `AutoModelForSemanticSegmentation` models.
+
+    Args:
+        ignore_index: label value never trained on nor scored (padding of labels uses it too).
+        Other arguments are `Trainer`'s.
+    """
+
+    def __init__(self, *args, ignore_index: int = 255, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ignore_index = ignore_index
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {key: value for key, value in inputs.items() if key != "label_sizes"}
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        sizes = inputs.get("label_sizes")
+        if sizes is None:
+            sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
+        num_labels = model.config.num_labels
+        with torch.no_grad(), self.compute_loss_context_manager():
+            per_sample = logits_at_sizes(model, inputs["pixel_values"], [tuple(s.tolist()) for s in sizes])
+        loss_sum = torch.zeros((), device=labels.device)
+        counted = 0
+        confusions = []
+        for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+            label = label[:height, :width]
+            valid = int((label != self.ignore_index).sum())
+            if valid:
+                loss_sum += F.cross_entropy(
+                    logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
+                )
+                counted += valid
+            confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+        loss = (loss_sum / max(counted, 1)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)

@@ -1,0 +1,96 @@
+"""Shared fixtures: no network, tiny random-init models built from configs, small data sets."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY_SEGFORMER = {
+    "hidden_sizes": [8, 16, 24, 32],
+    "depths": [1, 1, 1, 1],
+    "num_attention_heads": [1, 1, 1, 1],
+    "decoder_hidden_size": 16,
+    "drop_path_rate": 0.0,
+    "classifier_dropout_prob": 0.0,
+}
+TINY_UPERNET = {
+    "backbone_config": {
+        "model_type": "convnext",
+        "hidden_sizes": [8, 16, 24, 32],
+        "depths": [1, 1, 1, 1],
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    },
+    "hidden_size": 16,
+    "auxiliary_channels": 8,
+    "pool_scales": [1, 2],
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any connection to a non-loopback address fails the test: a test that reaches a hub is a bug."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                if not ipaddress.ip_address(host).is_loopback:
+                    raise RuntimeError(f"test tried to reach the network ({address})")
+            except ValueError:
+                if host != "localhost":
+                    raise RuntimeError(f"test tried to reach the network ({address})") from None
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"real sample data expected at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic():
+    from hfseg.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(train_size=16, eval_size=6, seed=1, min_size=48, max_size=80)
+
+
+def tiny_model(model_type: str = "segformer", num_labels: int = 5):
+    import json
+
+    from hfseg.config import ModelArguments
+    from hfseg.modeling import build_model
+
+    overrides = TINY_SEGFORMER if model_type == "segformer" else TINY_UPERNET
+    args = ModelArguments(model_type=model_type, config_overrides=json.dumps(overrides))
+    return build_model(args, {i: f"class_{i}" for i in range(num_labels)})
+
+
+def tiny_run_args(output_dir, *extra: str) -> list[str]:
+    """Flags for a finetune run on synthetic data that takes seconds."""
+    import json
+
+    return [
+        "--model_type", "segformer", "--config_overrides", json.dumps(TINY_SEGFORMER),
+        "--image_size", "64", "--crop_size", "64", "--dataset_name", "synthetic",
+        "--synthetic_train_size", "16", "--synthetic_eval_size", "6", "--max_steps", "4",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
+        "--num_preview_images", "2", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip

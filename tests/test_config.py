@@ -1,0 +1,62 @@
+"""Recipes as defaults, flags win, unknown keys and wrong types are clear errors, resolved config saved."""
+
+import pytest
+import yaml
+
+from hfseg.config import RECIPES_DIR, load_recipe, parse_args, save_resolved_config
+from hfseg.errors import HfsegError
+
+
+def test_recipe_defaults_and_flag_override(tmp_path):
+    model_args, data_args, training_args = parse_args(
+        ["--recipe", "demo", "--learning_rate", "0.01", "--output_dir", str(tmp_path)]
+    )
+    assert model_args.model_type == "segformer"
+    assert data_args.dataset_name == "synthetic"
+    assert data_args.crop_size == 128
+    assert training_args.learning_rate == 0.01  # flag beats the recipe's 0.002
+    assert training_args.remove_unused_columns is False
+    assert training_args.batch_eval_metrics is True
+
+
+def test_recipe_by_path(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("dataset_name: synthetic\ncrop_size: 96\nmodel_type: segformer\n")
+    _, data_args, _ = parse_args(["--recipe", str(recipe), "--output_dir", str(tmp_path)])
+    assert data_args.crop_size == 96
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("crop_sise: 96\n")
+    with pytest.raises(HfsegError, match=r"unknown key 'crop_sise' in recipe .*bad\.yaml"):
+        load_recipe(str(recipe))
+
+
+def test_wrong_type_names_key(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("crop_size: large\n")
+    with pytest.raises(HfsegError, match="'crop_size' has value 'large'"):
+        parse_args(["--recipe", str(recipe)])
+
+
+def test_missing_recipe_lists_known_ones():
+    with pytest.raises(HfsegError, match="recipe 'nope' not found.*demo"):
+        parse_args(["--recipe", "nope"])
+
+
+def test_every_recipe_loads():
+    for path in RECIPES_DIR.glob("*.yaml"):
+        assert isinstance(load_recipe(str(path)), dict), path
+
+
+def test_resolved_config_is_saved_and_reloadable(tmp_path):
+    arguments = parse_args(["--recipe", "demo", "--output_dir", str(tmp_path)])
+    path = save_resolved_config(tmp_path, *arguments)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["recipe"] == "demo"
+    assert saved["crop_size"] == 128
+    assert saved["lr_scheduler_type"] == "polynomial"
+    # the saved file is itself a valid recipe
+    model_args, data_args, _ = parse_args(["--recipe", str(path)])
+    assert data_args.crop_size == 128 and model_args.model_type == "segformer"
