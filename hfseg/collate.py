@@ -11,9 +11,13 @@ def collate_segmentation(examples: list[dict], ignore_index: int = 255) -> dict[
     Returns:
         pixel_values (B, 3, h, w); labels (B, max H, max W) padded at the bottom/right with
         `ignore_index`; label_sizes (B, 2), each label's own (H_i, W_i), so evaluation can upsample
-        logits to every image's true size.
+        logits to every image's true size. Images of different sizes (eval transforms that keep the
+        aspect ratio) are padded with 0 at the bottom/right and `pixel_sizes` (B, 2) gives their own sizes.
     """
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    pixel_values, pixel_sizes = pad_pixel_values([example["pixel_values"] for example in examples])
+    batch = {"pixel_values": pixel_values}
+    if pixel_sizes is not None:
+        batch["pixel_sizes"] = pixel_sizes
     if examples[0].get("labels") is None:
         return batch
     labels = [example["labels"] for example in examples]
@@ -25,3 +29,16 @@ def collate_segmentation(examples: list[dict], ignore_index: int = 255) -> dict[
     batch["labels"] = padded
     batch["label_sizes"] = sizes
     return batch
+
+
+def pad_pixel_values(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(3, h_i, w_i) images -> ((B, 3, max h, max w), None) when all sizes are equal (stacked as they are),
+    else padded with 0 at the bottom/right and their own sizes (B, 2)."""
+    sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.long)
+    if (sizes == sizes[0]).all():
+        return torch.stack(images), None
+    height, width = (int(v) for v in sizes.max(dim=0).values)
+    padded = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for index, image in enumerate(images):
+        padded[index, :, : image.shape[-2], : image.shape[-1]] = image
+    return padded, sizes

@@ -116,6 +116,36 @@ class SegTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    # --- evaluation (issue 6) ---
+    eval_mode: str = field(
+        default="whole",
+        metadata={
+            "help": "Inference for evaluation: whole (image resized to the model's size, logits upsampled to the "
+            "label's size) or slide (image resized keeping its ratio, crop windows, overlapping logits averaged).",
+            "choices": ["whole", "slide"],
+        },
+    )
+    eval_scales: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "Multi-scale TTA: image scales whose softmax outputs are averaged, e.g. 0.75 1.0 1.25."},
+    )
+    eval_flip: bool = field(default=False, metadata={"help": "TTA: also average horizontally flipped views."})
+    eval_crop_size: int | None = field(
+        default=None, metadata={"help": "Slide mode: square window size (default: the model's input size)."}
+    )
+    eval_stride: int | None = field(
+        default=None, metadata={"help": "Slide mode: window stride (default: 2/3 of --eval_crop_size)."}
+    )
+    eval_short_side: int | None = field(
+        default=None,
+        metadata={
+            "help": "Slide mode: resize images keeping their ratio to this short side before sliding (default: the "
+            "model's input size, as mmseg's ADE20K protocol; 0 keeps the original resolution, as for Cityscapes)."
+        },
+    )
+    eval_crop_batch_size: int = field(
+        default=8, metadata={"help": "Slide mode: windows per forward pass (bounds inference memory)."}
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegTrainingArguments)

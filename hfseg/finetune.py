@@ -18,13 +18,13 @@ from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
 from hfseg.errors import strip_debug, user_errors_exit
 from hfseg.hub import write_model_card
-from hfseg.inference import predict_masks
+from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.labels import LabelSpec
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
 from hfseg.trainer import SegTrainer
-from hfseg.transforms import EvalTransform, TrainTransform
+from hfseg.transforms import TrainTransform
 from hfseg.visualize import save_prediction_grid, save_training_curves
 
 logger = logging.getLogger("hfseg")
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         std,
         data_args.ignore_index,
     )
-    eval_transform = EvalTransform(processor_input_size(processor), mean, std)
+    inference_options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
+    eval_transform = eval_transform_for(processor, inference_options)
     columns = (source.image_column, source.label_column)
     train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform)
     eval_dataset = attach_transform(source.dataset["validation"], *columns, spec, eval_transform)
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=TrainerSegmentationMetrics(spec.id2label, data_args.ignore_index),
         processing_class=processor,
         ignore_index=data_args.ignore_index,
+        inference_options=inference_options,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -100,7 +102,8 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
         image, truth = encode_pair(row[source.image_column], row[source.label_column], spec, f"validation row {index}")
         preview_rows.append((image, truth))
     if preview_rows:
-        predictions = predict_masks(trainer.model, [image for image, _ in preview_rows], eval_transform)
+        images = [image for image, _ in preview_rows]
+        predictions = predict_masks(trainer.model, images, eval_transform, options=trainer.inference_options)
         save_prediction_grid(
             [
                 (image, truth, prediction.numpy())

@@ -52,18 +52,30 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def metrics_from_confusion(confusion: np.ndarray | torch.Tensor) -> dict[str, float | np.ndarray]:
-    """`evaluate`-style metrics (plus mmseg's mDice/mFscore) from a (C, C) confusion matrix."""
+def metrics_from_confusion(confusion: np.ndarray | torch.Tensor, beta: float = 1.0) -> dict[str, float | np.ndarray]:
+    """`evaluate`-style metrics plus mmsegmentation's mDice / mFscore / precision / recall from a (C, C)
+    confusion matrix (rows: true class, columns: predicted class).
+
+    Per class, with TP the diagonal, FN = row sum - TP and FP = column sum - TP:
+    IoU = TP / (TP + FN + FP); accuracy = recall = TP / (TP + FN); precision = TP / (TP + FP);
+    Dice = 2 TP / (2 TP + FN + FP); F-beta = (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP) (= Dice for b = 1).
+    A ratio whose denominator is 0 is NaN and left out of the means (`mean_*` use `nanmean`): a class absent
+    from both labels and predictions never counts; a class in the labels but never predicted scores 0 IoU.
+    `overall_accuracy` (mmseg's aAcc) is correct pixels / labelled pixels.
+    """
     cm = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion, dtype=np.float64)
     intersect = np.diag(cm)
     area_label = cm.sum(axis=1)
     area_pred = cm.sum(axis=0)
     union = area_label + area_pred - intersect
+    beta2 = float(beta) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, intersect / union, np.nan)
         accuracy = np.where(area_label > 0, intersect / area_label, np.nan)
         precision = np.where(area_pred > 0, intersect / area_pred, np.nan)
         dice = np.where(area_label + area_pred > 0, 2 * intersect / (area_label + area_pred), np.nan)
+        fscore_denominator = beta2 * area_label + area_pred
+        fscore = np.where(fscore_denominator > 0, (1 + beta2) * intersect / fscore_denominator, np.nan)
         total = area_label.sum()
         overall = intersect.sum() / total if total > 0 else np.nan
     return {
@@ -72,11 +84,25 @@ def metrics_from_confusion(confusion: np.ndarray | torch.Tensor) -> dict[str, fl
         "overall_accuracy": float(overall),
         "mean_dice": _nanmean(dice),
         "mean_precision": _nanmean(precision),
+        "mean_recall": _nanmean(accuracy),
+        "mean_fscore": _nanmean(fscore),
         "per_category_iou": iou,
         "per_category_accuracy": accuracy,
         "per_category_dice": dice,
         "per_category_precision": precision,
+        "per_category_recall": accuracy.copy(),
+        "per_category_fscore": fscore,
     }
+
+
+def per_sample_mean_iou(confusions: torch.Tensor) -> torch.Tensor:
+    """(B, C, C) per-sample confusion matrices -> (B,) mean IoU of each sample over the classes it has
+    (in its labels or predictions); NaN for a sample without labelled pixels."""
+    confusions = torch.as_tensor(confusions).double()
+    intersect = torch.diagonal(confusions, dim1=-2, dim2=-1)
+    union = confusions.sum(-1) + confusions.sum(-2) - intersect
+    iou = torch.where(union > 0, intersect / union.clamp(min=1), torch.nan)
+    return torch.nanmean(iou, dim=-1)
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -143,17 +169,30 @@ class TrainerSegmentationMetrics:
 
     `SegTrainer.prediction_step` hands it per-sample confusion matrices (B, C, C) as predictions, so
     what crosses processes is small and `gather_for_metrics` drops the sampler's duplicated samples.
+
+    Args:
+        keep_per_sample: also record each sample's mean IoU, in evaluation order (`per_sample_iou`), for
+            galleries of the worst images.
+
+    After each `compute_result=True` call, `last_confusion` holds the (C, C) matrix the result came from.
     """
 
-    def __init__(self, id2label: dict[int, str], ignore_index: int = 255):
+    def __init__(self, id2label: dict[int, str], ignore_index: int = 255, keep_per_sample: bool = False):
         self.id2label = {int(k): v for k, v in id2label.items()}
         self.metric = StreamingSegmentationMetric(len(self.id2label), ignore_index)
+        self.keep_per_sample = keep_per_sample
+        self.per_sample_iou: list[float] = []
+        self.last_confusion: torch.Tensor | None = None
 
     def __call__(self, eval_pred, compute_result: bool = True) -> dict | None:
-        self.metric.update_confusion(torch.as_tensor(eval_pred.predictions))
+        confusions = torch.as_tensor(eval_pred.predictions)
+        self.metric.update_confusion(confusions)
+        if self.keep_per_sample:
+            self.per_sample_iou += per_sample_mean_iou(confusions.cpu()).tolist()
         if not compute_result:
             return None
         result = self.metric.compute()
+        self.last_confusion = self.metric.confusion.clone()
         self.metric.reset()
         return flatten_metrics(result, self.id2label)
 
@@ -166,3 +205,46 @@ def flatten_metrics(result: dict, id2label: dict[int, str]) -> dict:
     for index, iou in enumerate(result["per_category_iou"]):
         flat[f"iou_{id2label.get(index, str(index))}"] = float(iou)
     return flat
+
+
+#: (column title, per-class key, summary title, summary key) of the printed tables, mmseg's names.
+TABLE_COLUMNS = (
+    ("IoU", "per_category_iou", "mIoU", "mean_iou"),
+    ("Acc", "per_category_accuracy", "mAcc", "mean_accuracy"),
+    ("Dice", "per_category_dice", "mDice", "mean_dice"),
+    ("Fscore", "per_category_fscore", "mFscore", "mean_fscore"),
+    ("Precision", "per_category_precision", "mPrecision", "mean_precision"),
+    ("Recall", "per_category_recall", "mRecall", "mean_recall"),
+)
+
+
+def format_per_class_table(result: dict, id2label: dict[int, str]) -> str:
+    """A per-class table and a summary line (aAcc, mIoU, ...) in percent, as mmsegmentation prints them.
+
+    Args:
+        result: `metrics_from_confusion` output (arrays or lists); `eval_`-prefixed keys are accepted too.
+    """
+
+    def get(key):
+        return result[key] if key in result else result[f"eval_{key}"]
+
+    def cell(value) -> str:
+        value = float(value)
+        return "nan" if np.isnan(value) else f"{100 * value:.2f}"
+
+    names = [str(id2label.get(index, index)) for index in range(len(get("per_category_iou")))]
+    header = ["Class", *(title for title, _, _, _ in TABLE_COLUMNS)]
+    rows = [[name, *(cell(get(key)[index]) for _, key, _, _ in TABLE_COLUMNS)] for index, name in enumerate(names)]
+    summary_header = ["aAcc", *(title for _, _, title, _ in TABLE_COLUMNS)]
+    summary = [cell(get("overall_accuracy")), *(cell(get(key)) for _, _, _, key in TABLE_COLUMNS)]
+    return _table(header, rows) + "\n\n" + _table(summary_header, [summary])
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
+        return "| " + " | ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])

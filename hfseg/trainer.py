@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from hfseg.inference import logits_at_sizes
+from hfseg.inference import InferenceOptions, logits_at_sizes
 from hfseg.metrics import confusion_matrix
+from hfseg.modeling import processor_input_size
 
 
 class SegTrainer(Trainer):
@@ -20,15 +21,21 @@ class SegTrainer(Trainer):
 
     Args:
         ignore_index: label value never trained on nor scored (padding of labels uses it too).
+        inference_options: how evaluation computes logits (whole/slide, TTA); default: from the `--eval_*`
+            fields of `args`, slide defaults from the image processor's size.
         Other arguments are `Trainer`'s.
     """
 
-    def __init__(self, *args, ignore_index: int = 255, **kwargs):
+    def __init__(self, *args, ignore_index: int = 255, inference_options: InferenceOptions | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
+        if inference_options is None:
+            input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
+            inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
+        self.inference_options = inference_options
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = {key: value for key, value in inputs.items() if key != "label_sizes"}
+        inputs = {key: value for key, value in inputs.items() if key not in ("label_sizes", "pixel_sizes")}
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -41,8 +48,15 @@ class SegTrainer(Trainer):
         if sizes is None:
             sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
         num_labels = model.config.num_labels
+        pixel_sizes = inputs.get("pixel_sizes")
         with torch.no_grad(), self.compute_loss_context_manager():
-            per_sample = logits_at_sizes(model, inputs["pixel_values"], [tuple(s.tolist()) for s in sizes])
+            per_sample = logits_at_sizes(
+                model,
+                inputs["pixel_values"],
+                sizes.tolist(),
+                options=self.inference_options,
+                pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
+            )
         loss_sum = torch.zeros((), device=labels.device)
         counted = 0
         confusions = []

@@ -101,10 +101,14 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize the image to the model's input size and normalise; the label keeps its own resolution."""
+    """Resize the image to the model's input size and normalise; the label keeps its own resolution.
 
-    def __init__(self, size: int | None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        steps = [v2.Resize((size, size), antialias=True)] if size else []
+    With `keep_ratio`, the short side becomes `size` and the long side follows (slide inference); `size`
+    None keeps the original resolution.
+    """
+
+    def __init__(self, size: int | None, mean=IMAGENET_MEAN, std=IMAGENET_STD, keep_ratio: bool = False):
+        steps = [v2.Resize(size if keep_ratio else (size, size), antialias=True)] if size else []
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
         self.image_transform = v2.Compose(steps)
 
