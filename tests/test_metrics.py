@@ -119,3 +119,91 @@ def test_trainer_metrics_sum_per_sample_confusions_and_name_classes():
     # reset after compute: the next evaluation starts from zero
     third = confusion_matrix(torch.tensor([0]), torch.tensor([0]), 2)
     assert metrics(EvalPrediction(third[None]), compute_result=True)["iou_sky"] == 1.0
+
+
+def test_every_key_by_hand():
+    """Same 2x4 example; TP = [1, 2, 1, 0], label areas [2, 3, 2, 0], predicted areas [3, 3, 1, 0]."""
+    from hfseg.metrics import metrics_from_confusion
+
+    cm = confusion_matrix(PREDS, LABELS, num_labels=4)
+    result = metrics_from_confusion(cm)
+    expected = {
+        "per_category_iou": [1 / 4, 2 / 4, 1 / 2],
+        "per_category_accuracy": [1 / 2, 2 / 3, 1 / 2],
+        "per_category_recall": [1 / 2, 2 / 3, 1 / 2],
+        "per_category_precision": [1 / 3, 2 / 3, 1 / 1],
+        "per_category_dice": [2 / 5, 4 / 6, 2 / 3],
+        "per_category_fscore": [2 / 5, 4 / 6, 2 / 3],  # F1 = 2PR / (P + R) = Dice
+    }
+    for key, values in expected.items():
+        assert result[key][:3] == pytest.approx(values), key
+        assert math.isnan(result[key][3]), f"{key}: class 3 is in neither labels nor predictions"
+        mean_key = key.replace("per_category_", "mean_")
+        assert result[mean_key] == pytest.approx(sum(values) / 3), mean_key
+    assert result["overall_accuracy"] == pytest.approx(4 / 7)
+    # F-beta with beta = 2: (1 + 4) TP / (4 * label area + predicted area)
+    f2 = metrics_from_confusion(cm, beta=2.0)
+    assert f2["per_category_fscore"][:3] == pytest.approx([5 / 11, 10 / 15, 5 / 9])
+    assert f2["mean_fscore"] == pytest.approx((5 / 11 + 10 / 15 + 5 / 9) / 3)
+    precision, recall = 1 / 3, 1 / 2  # class 0, the textbook formula
+    assert f2["per_category_fscore"][0] == pytest.approx(5 * precision * recall / (4 * precision + recall))
+    expected_keys = {"overall_accuracy"} | set(expected) | {k.replace("per_category_", "mean_") for k in expected}
+    assert set(result) == expected_keys
+
+
+def test_never_predicted_class_has_zero_fscore_and_nan_precision():
+    from hfseg.metrics import metrics_from_confusion
+
+    result = metrics_from_confusion(confusion_matrix(torch.tensor([0, 0]), torch.tensor([0, 1]), 2))
+    assert result["per_category_fscore"][1] == 0.0 and result["per_category_dice"][1] == 0.0
+    assert math.isnan(result["per_category_precision"][1])
+    assert result["per_category_recall"][1] == 0.0
+    assert result["mean_fscore"] == pytest.approx((2 / 3 + 0) / 2)  # class 0: P 1/2, R 1
+
+
+def test_empty_confusion_gives_nan_everywhere():
+    from hfseg.metrics import metrics_from_confusion
+
+    result = metrics_from_confusion(torch.zeros(3, 3, dtype=torch.int64))
+    assert all(math.isnan(result[key]) for key in ("mean_iou", "mean_fscore", "overall_accuracy"))
+
+
+def test_per_sample_mean_iou_by_hand():
+    from hfseg.metrics import per_sample_mean_iou
+
+    perfect = confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 4)
+    example = confusion_matrix(PREDS, LABELS, 4)
+    empty = torch.zeros(4, 4, dtype=torch.int64)
+    values = per_sample_mean_iou(torch.stack([perfect, example, empty]))
+    assert values[0] == 1.0
+    assert values[1].item() == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    assert math.isnan(values[2])
+
+
+def test_per_class_table_lists_every_class_in_percent():
+    from hfseg.metrics import format_per_class_table
+
+    result = compute_segmentation_metrics(PREDS, LABELS, num_labels=4)
+    table = format_per_class_table(result, {0: "sky", 1: "road", 2: "car", 3: "tree"})
+    lines = table.splitlines()
+    assert lines[0].split("|")[1].strip() == "Class"
+    sky = next(line for line in lines if line.startswith("| sky"))
+    assert [cell.strip() for cell in sky.split("|")[2:5]] == ["25.00", "50.00", "40.00"]  # IoU, Acc, Dice
+    assert "nan" in next(line for line in lines if line.startswith("| tree"))
+    summary = lines[-1].split("|")
+    assert summary[1].strip() == "57.14"  # aAcc = 4/7
+    assert summary[2].strip() == f"{100 * (0.25 + 0.5 + 0.5) / 3:.2f}"  # mIoU
+
+
+def test_trainer_metrics_keep_per_sample_iou_and_last_confusion():
+    class EvalPrediction:
+        def __init__(self, predictions):
+            self.predictions = predictions
+
+    metrics = TrainerSegmentationMetrics({0: "a", 1: "b", 2: "c", 3: "d"}, keep_per_sample=True)
+    perfect = confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 4)
+    example = confusion_matrix(PREDS, LABELS, 4)
+    metrics(EvalPrediction(perfect[None]), compute_result=False)
+    metrics(EvalPrediction(example[None]), compute_result=True)
+    assert metrics.per_sample_iou == pytest.approx([1.0, (0.25 + 0.5 + 0.5) / 3])
+    assert torch.equal(metrics.last_confusion, perfect + example)
