@@ -6,6 +6,8 @@ import sys
 
 SUBCOMMANDS = {
     "finetune": ("hfseg.finetune", "fine-tune a model (same flags as hfseg/finetune.py)"),
+    "evaluate": ("hfseg.evaluation", "score a saved model: per-class table, eval_results.json, confusion matrix"),
+    "predict": ("hfseg.predict", "segment images: index-mask PNGs and overlays"),
 }
 
 
@@ -21,3 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     sys.argv = [f"hfseg {argv[0]}", *argv[1:]]
     module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -114,3 +114,26 @@ def processor_mean_std(processor) -> tuple[tuple[float, ...], tuple[float, ...]]
     mean = getattr(processor, "image_mean", None) or IMAGENET_MEAN
     std = getattr(processor, "image_std", None) or IMAGENET_STD
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_for_inference(name: str, revision: str = "main", trust_remote_code: bool = False):
+    """A saved semantic-segmentation model (local directory or Hub id) and its image processor, in eval mode."""
+    require_hub("model", name)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise HfsegError(
+            f"--model {name}: cannot read a model config ({error}); pass a saved model directory"
+        ) from None
+    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
+        raise HfsegError(f"--model {name} is a '{config.model_type}' model; {_unsupported_message(config.model_type)}")
+    model = AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise HfsegError(
+            f"--model {name}: no image processor ({error}); save it next to the model "
+            "(`processor.save_pretrained(DIR)`; hfseg finetune does)"
+        ) from None
+    return model.eval(), processor

@@ -41,9 +41,12 @@ def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, alpha: fl
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
 
 
-def save_prediction_grid(rows, id2label: dict[int, str], path: str | Path, title: str | None = None) -> Path:
+def save_prediction_grid(
+    rows, id2label: dict[int, str], path: str | Path, title: str | None = None, row_titles: list[str] | None = None
+) -> Path:
     """Rows of (image, truth (H, W), prediction (H, W)) -> PNG grid: image | truth | prediction, masks in
-    solid class colours (ignored pixels black) with a legend of the classes that appear."""
+    solid class colours (ignored pixels black) with a legend of the classes that appear; `row_titles`
+    (one per row) label each row's image panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,11 +57,12 @@ def save_prediction_grid(rows, id2label: dict[int, str], path: str | Path, title
     rows = list(rows)
     figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     present = set()
-    for row, (image, truth, prediction) in zip(axes, rows, strict=True):
+    for row_index, (row, (image, truth, prediction)) in enumerate(zip(axes, rows, strict=True)):
         present |= {int(v) for v in np.unique(truth) if 0 <= v < len(palette)}
         present |= {int(v) for v in np.unique(prediction) if 0 <= v < len(palette)}
         panels = (image, colourise(truth, palette), colourise(prediction, palette))
-        for axis, panel, name in zip(row, panels, ("image", "ground truth", "prediction"), strict=True):
+        names = ("image" if row_titles is None else row_titles[row_index], "ground truth", "prediction")
+        for axis, panel, name in zip(row, panels, names, strict=True):
             axis.imshow(panel)
             axis.set_title(name, fontsize=9)
             axis.axis("off")
@@ -97,5 +101,44 @@ def save_training_curves(log_history: list[dict], path: str | Path) -> Path | No
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def save_confusion_matrix(confusion, id2label: dict[int, str], path: str | Path, title: str | None = None) -> Path:
+    """(C, C) confusion matrix (rows: true class, columns: predicted) -> PNG heat map normalised per true
+    class (each row sums to 1: the diagonal is the class's recall), class names on both axes; cells are
+    annotated when there are at most 20 classes. Rows of classes absent from the labels stay blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion, dtype=np.float64)
+    num_labels = confusion.shape[0]
+    totals = confusion.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = np.where(totals > 0, confusion / totals, np.nan)
+    names = [str(id2label.get(index, index)) for index in range(num_labels)]
+    side = min(4 + 0.35 * num_labels, 60)
+    font = max(3, min(9, 300 / max(num_labels, 1)))
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(num_labels), names, rotation=90, fontsize=font)
+    axis.set_yticks(range(num_labels), names, fontsize=font)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    if num_labels <= 20:
+        for row in range(num_labels):
+            for column in range(num_labels):
+                value = normalised[row, column]
+                if np.isfinite(value) and value > 0:
+                    colour = "white" if value > 0.5 else "black"
+                    axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=font, color=colour)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class's pixels")
+    axis.set_title(title or "confusion matrix (normalised per true class)", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
