@@ -50,7 +50,7 @@ class InferenceOptions:
 
     def __post_init__(self):
         if self.mode not in INFERENCE_MODES:
-            raise HfsegError(f"--eval_mode is '{self.mode}'; choose one of {', '.join(INFERENCE_MODES)}")
+            raise HfsegError(f"inference mode '{self.mode}' (--eval_mode): choose one of {', '.join(INFERENCE_MODES)}")
         scales = tuple(float(scale) for scale in (self.scales or (1.0,)))
         if any(not math.isfinite(scale) or scale <= 0 for scale in scales):
             raise HfsegError(

@@ -94,3 +94,27 @@ def tiny_run_args(output_dir, *extra: str) -> list[str]:
         "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
         "--num_preview_images", "2", "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
+
+
+def save_tiny_model(directory, id2label: dict[int, str], image_size: int = 64):
+    """A tiny random-init SegFormer saved with its image processor, as `hfseg finetune` saves a model."""
+    import json
+
+    from transformers import SegformerImageProcessor
+
+    from hfseg.config import ModelArguments
+    from hfseg.modeling import build_model
+
+    model = build_model(ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER)), id2label)
+    model.save_pretrained(directory)
+    processor = SegformerImageProcessor(size={"height": image_size, "width": image_size}, do_reduce_labels=False)
+    processor.save_pretrained(directory)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_model(tmp_path_factory):
+    """A saved tiny SegFormer for the synthetic classes (model dir for evaluate / predict / pipeline tests)."""
+    from hfseg.synthetic import SYNTHETIC_ID2LABEL
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"), SYNTHETIC_ID2LABEL)

@@ -121,7 +121,7 @@ def test_padded_batch_equals_images_run_one_by_one(segformer):
 
 
 def test_options_name_the_flag_and_the_fix():
-    with pytest.raises(HfsegError, match="--eval_mode is 'tiles'"):
+    with pytest.raises(HfsegError, match="inference mode 'tiles' \\(--eval_mode\\)"):
         InferenceOptions(mode="tiles")
     with pytest.raises(HfsegError, match="--eval_stride 600 is larger than --eval_crop_size 512"):
         InferenceOptions(mode="slide", crop_size=512, stride=600)
