@@ -34,25 +34,24 @@ class SegmentationPipeline(ImageSegmentationPipeline):
     def _sanitize_parameters(self, **kwargs):
         options = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
-        if options:
-            InferenceOptions(**options)  # fail at the call with the option's name, not deep in inference
-            preprocess_params["options"] = forward_params["options"] = options
+        # One key per option: the pipeline merges call-time parameters over creation-time ones key by key.
+        preprocess_params.update(options)
+        forward_params.update(options)
         return preprocess_params, forward_params, postprocess_params
 
-    def _inference_options(self, options: dict | None) -> InferenceOptions:
-        return InferenceOptions(**(options or {})).with_input_size(processor_input_size(self.image_processor))
+    def _inference_options(self, options: dict) -> InferenceOptions:
+        return InferenceOptions(**options).with_input_size(processor_input_size(self.image_processor))
 
-    def preprocess(self, image, subtask=None, timeout=None, options=None):
-        image = load_rgb(load_image(image, timeout=timeout))
+    def preprocess(self, image, subtask=None, timeout=None, **options):
         transform = eval_transform_for(self.image_processor, self._inference_options(options))
+        image = load_rgb(load_image(image, timeout=timeout))
         pixel_values = transform(image, None)[0][None]
         return {"pixel_values": pixel_values.to(self.dtype), "target_size": (image.height, image.width)}
 
-    def _forward(self, model_inputs, options=None):
-        logits = logits_at_sizes(
-            self.model, model_inputs["pixel_values"], [model_inputs["target_size"]], self._inference_options(options)
-        )[0]
-        return {"segmentation": logits.argmax(0)}
+    def _forward(self, model_inputs, **options):
+        sizes = [model_inputs["target_size"]]
+        logits = logits_at_sizes(self.model, model_inputs["pixel_values"], sizes, self._inference_options(options))
+        return {"segmentation": logits[0].argmax(0)}
 
     def postprocess(self, model_outputs, subtask=None, **kwargs):
         if subtask not in (None, "semantic"):
