@@ -141,3 +141,19 @@ def test_two_processes_give_exactly_the_one_process_result(saved_tiny_model, sav
         np.testing.assert_array_equal(np.array(two[key], dtype=float), np.array(one[key], dtype=float), err_msg=key)
     assert two["worst_images"] == one["worst_images"], "per-image scores keep the data set's order"
     assert sorted(item["index"] for item in one["worst_images"]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_finetune_eval_flags_give_the_same_numbers_as_hfseg_evaluate(tmp_path):
+    """Training-time evaluation with --eval_mode slide + TTA == `hfseg evaluate` of the saved model, same flags."""
+    from conftest import tiny_run_args
+
+    from hfseg.finetune import main as finetune_main
+
+    flags = ["--eval_mode", "slide", "--eval_crop_size", "48", "--eval_flip", "--eval_scales", "0.75", "1.0"]
+    run = tmp_path / "run"
+    metrics = finetune_main(tiny_run_args(run, "--max_steps", "1", "--synthetic_eval_size", "3", *flags))
+    _, results = run_evaluate(run, "synthetic", tmp_path / "eval", "--synthetic_eval_size", "3", *flags)
+    for key in RESULT_KEYS:
+        np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
+    assert (run / "predictions.png").is_file()
