@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -156,7 +157,7 @@ def save_worst_images(model, rows, source, spec, transform, options, per_sample_
     indices and scores. Images without labelled pixels (NaN mIoU) are left out."""
     if len(per_sample_iou) != len(rows):
         raise RuntimeError(f"{len(per_sample_iou)} per-image scores for {len(rows)} images")
-    scored = sorted((iou, index) for index, iou in enumerate(per_sample_iou) if iou == iou)
+    scored = sorted((iou, index) for index, iou in enumerate(per_sample_iou) if not math.isnan(iou))
     worst = [(index, iou) for iou, index in scored[:count]]
     if not worst:
         return []

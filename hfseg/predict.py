@@ -42,7 +42,9 @@ class PredictArguments:
     )
     output: str = field(default="outputs/predictions", metadata={"help": "Folder for the masks and overlays."})
     batch_size: int = field(default=4, metadata={"help": "Images per forward pass."})
-    overlays: bool = field(default=True, metadata={"help": "Also write OUT/overlays/<stem>.png (--no_overlays: off)."})
+    overlays: bool = field(
+        default=True, metadata={"help": "Also write OUT/overlays/<stem>.png, the masks over the images."}
+    )
     overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask colours in the overlays."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
