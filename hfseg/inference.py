@@ -206,7 +206,8 @@ def logits_at_sizes(
         for i, size in enumerate(sizes):
             view = upsample_logits(logits[i : i + 1], size)[0].float().softmax(0)
             probabilities[i] = view if probabilities[i] is None else probabilities[i] + view
-    return [(summed / len(views)).log() for summed in probabilities]
+    tiny = torch.finfo(torch.float32).tiny  # keeps log() finite where every view gave a class ~0 probability
+    return [(summed / len(views)).clamp_min(tiny).log() for summed in probabilities]
 
 
 @torch.no_grad()
@@ -230,7 +231,8 @@ def predict_masks(
 @torch.no_grad()
 def predict_logits(model, images, transform, options: InferenceOptions | None = None) -> list[torch.Tensor]:
     """One batch of PIL images -> list of (C, H_i, W_i) logits at the images' original sizes."""
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
     pixel_values, pixel_sizes = pad_pixel_values([transform(image, None)[0] for image in images])
     sizes = [(image.height, image.width) for image in images]
-    return logits_at_sizes(model, pixel_values.to(device), sizes, options, pixel_sizes)
+    pixel_values = pixel_values.to(parameter.device, dtype=parameter.dtype)
+    return logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes)
