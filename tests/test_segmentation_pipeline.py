@@ -70,3 +70,19 @@ def test_plain_pipeline_keeps_working_and_agrees_in_whole_mode(saved_tiny_model,
     ours = segments_to_mask(segmentation_pipeline(str(saved_tiny_model))(image), image.size)
     # The processor's PIL resize and hfseg's torchvision resize differ by rounding only.
     assert (plain == ours).mean() > 0.99
+
+
+def test_both_pipelines_run_on_a_saved_upernet(tmp_path, image):
+    from conftest import tiny_model
+
+    from hfseg.config import ModelArguments
+    from hfseg.modeling import build_image_processor
+
+    model = tiny_model("upernet")
+    model.config.id2label = dict(SYNTHETIC_ID2LABEL)
+    model.config.label2id = {name: index for index, name in SYNTHETIC_ID2LABEL.items()}
+    model.save_pretrained(tmp_path)
+    build_image_processor(ModelArguments(model_type="upernet", image_size=64)).save_pretrained(tmp_path)
+    plain = segments_to_mask(pipeline("image-segmentation", model=str(tmp_path))(image), image.size)
+    ours = segments_to_mask(segmentation_pipeline(str(tmp_path), mode="slide", crop_size=48)(image), image.size)
+    assert plain.min() >= 0 and ours.min() >= 0
