@@ -120,8 +120,8 @@ def save_confusion_matrix(confusion, id2label: dict[int, str], path: str | Path,
     with np.errstate(divide="ignore", invalid="ignore"):
         normalised = np.where(totals > 0, confusion / totals, np.nan)
     names = [str(id2label.get(index, index)) for index in range(num_labels)]
-    side = min(4 + 0.35 * num_labels, 60)
-    font = max(3, min(9, 300 / max(num_labels, 1)))
+    side = min(4 + 0.35 * num_labels, 24)  # inches; 150 classes: 24 in at 100 dpi
+    font = max(3, min(9, 0.5 * 72 * (side - 3) / max(num_labels, 1)))  # tick labels fit their row
     figure, axis = plt.subplots(figsize=(side + 1.5, side))
     image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     axis.set_xticks(range(num_labels), names, rotation=90, fontsize=font)
