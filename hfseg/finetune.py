@@ -13,13 +13,13 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from hfseg.adapters import load_source
+from hfseg.adapters import build_label_spec, load_source
 from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
+from hfseg.doctor import check_source
 from hfseg.errors import strip_debug, user_errors_exit
 from hfseg.hub import write_model_card
 from hfseg.inference import predict_masks
-from hfseg.labels import LabelSpec
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Source -> label spec -> transforms.
     source = load_source(data_args, seed=training_args.seed)
-    reduce_labels = data_args.reduce_labels if data_args.reduce_labels is not None else bool(source.reduce_labels)
-    spec = LabelSpec(source.id2label, data_args.ignore_index, reduce_labels, source.label_map)
+    spec = build_label_spec(source, data_args)
+    check_source(source, spec, data_args)  # stops on broken pairs, or drops them with --skip_bad_samples
     processor = build_image_processor(model_args)
     mean, std = processor_mean_std(processor)
     train_transform = TrainTransform(

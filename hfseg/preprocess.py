@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datasets import Dataset
 
 from hfseg.errors import HfsegError
-from hfseg.labels import LabelSpec, decode_mask, load_rgb
+from hfseg.labels import LabelSpec, load_rgb
 
 
 def describe(image, fallback: str) -> str:
@@ -22,7 +22,7 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked."""
     name = describe(mask, source)
     rgb = load_rgb(image)
-    labels = spec.encode(decode_mask(mask, name), name)
+    labels = spec.encode(spec.decode(mask, name), name)
     if labels.shape != (rgb.height, rgb.width):
         raise HfsegError(
             f"{name}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {describe(image, source)} is "
