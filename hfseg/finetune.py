@@ -6,6 +6,7 @@ accelerate launch hfseg/finetune.py --recipe demo [--field value ...]
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import sys
@@ -95,8 +96,7 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
     config_path = save_resolved_config(output_dir, *arguments)
     preview_rows = []
     validation = source.dataset["validation"]
-    for index in range(min(num_preview, len(validation))):
-        row = validation[index]
+    for index, row in enumerate(itertools.islice(validation, num_preview)):  # streamed sources have no len()
         image, truth = encode_pair(row[source.image_column], row[source.label_column], spec, f"validation row {index}")
         preview_rows.append((image, truth))
     if preview_rows:
