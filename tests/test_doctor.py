@@ -78,8 +78,10 @@ def test_doctor_finds_every_planted_problem(planted, capsys):
 
 def test_doctor_clean_source_and_plot(shared_data, tmp_path, capsys):
     plot = tmp_path / "chart.png"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--data_dir", str(shared_data / "camvid"), "--layout", "camvid", "--plot", str(plot), "--no_progress"])
+    from hfseg.cli import main as hfseg
+
+    with pytest.raises(SystemExit) as exit_info:  # through the console script's dispatcher
+        hfseg(["doctor", "--data_dir", str(shared_data / "camvid"), "--layout", "camvid", "--plot", str(plot)])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "pairs: train 3" in out and "problems: none" in out and "Road" in out
