@@ -1,10 +1,12 @@
 """Every layout read from the real samples in ../shared/data: pair counts, shapes and label values."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from hfseg.adapters import build_label_spec, load_source, open_source
@@ -98,7 +100,6 @@ def test_cityscapes_label_ids_map_to_train_ids(shared_data):
 
 def test_sixteen_bit_instance_ids_are_not_truncated(shared_data):
     from datasets import Dataset
-    from datasets import Image as ImageFeature
 
     from hfseg.labels import decode_mask
 
@@ -264,3 +265,48 @@ def test_layout_errors(tmp_path):
         open_source(DataArguments(data_dir=str(tmp_path), layout="folder"))
     with pytest.raises(HfsegError, match="needs --layout"):
         open_source(DataArguments(data_dir=str(tmp_path)))
+
+
+def test_folder_images_in_any_mode_with_exif_and_a_shared_folder(tmp_path):
+    """Grayscale, RGBA, palette, CMYK and EXIF-rotated images all arrive as upright RGB matching their masks;
+    images and masks may share a folder (`<stem>.jpg` + `<stem>_mask.png`)."""
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    mask[:, 16:] = 1
+    images = {
+        "grey": Image.new("L", (32, 24), 90),
+        "rgba": Image.new("RGBA", (32, 24), (10, 20, 30, 0)),
+        "palette": Image.new("P", (32, 24), 3),
+        "cmyk": Image.new("CMYK", (32, 24), (0, 255, 255, 0)),
+    }
+    for name, image in images.items():
+        image.save(tmp_path / f"{name}.{'jpg' if name == 'cmyk' else 'png'}")
+        Image.fromarray(mask).save(tmp_path / f"{name}_mask.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 24x32, shown rotated to 32x24: the mask is drawn on the upright image
+    Image.new("RGB", (24, 32), (200, 0, 0)).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(mask).save(tmp_path / "rotated_mask.png")
+    data_args = DataArguments(
+        data_dir=str(tmp_path),
+        layout="folder",
+        image_dir=".",
+        mask_dir=".",
+        id2label_file=write_id2label(tmp_path, "ab"),
+    )
+    source = open_source(data_args)
+    assert source.problems == [] and len(source.dataset["train"]) == 5
+    spec = build_label_spec(source, data_args)
+    for index in range(5):
+        row = source.dataset["train"][index]
+        rgb, labels = encode_pair(row["image"], row["annotation"], spec)
+        assert rgb.mode == "RGB" and rgb.size == (32, 24) and labels.shape == (24, 32)
+        np.testing.assert_array_equal(labels, mask)
+    paths = source.dataset["train"].cast_column("image", ImageFeature(decode=False))["image"]
+    assert [Path(item["path"]).name for item in paths] == [
+        "cmyk.jpg",
+        "grey.png",
+        "palette.png",
+        "rgba.png",
+        "rotated.jpg",
+    ]
+    cmyk = source.dataset["train"][0]
+    assert encode_pair(cmyk["image"], cmyk["annotation"], spec)[0].getpixel((0, 0))[0] > 200  # CMYK red -> RGB red

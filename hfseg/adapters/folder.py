@@ -60,9 +60,12 @@ def pair_folders(
         images = by_key(image_files, image_end)
         for mask_end in MASK_SUFFIXES if mask_suffix is None else (mask_suffix,):
             masks = by_key(mask_files, mask_end)
-            count = len(images.keys() & masks.keys())
+            # Images and masks may share one folder: a file taken as a mask is not also an image.
+            mask_paths = set(masks.values())
+            usable = {key: path for key, path in images.items() if path not in mask_paths}
+            count = len(usable.keys() & masks.keys())
             if best is None or count > best[0]:
-                best = (count, images, masks, image_end, mask_end)
+                best = (count, usable, masks, image_end, mask_end)
     _, images, masks, image_end, mask_end = best
     pairs = {key: (images[key], masks[key]) for key in sorted(images.keys() & masks.keys())}
     problems = [
