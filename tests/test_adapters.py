@@ -310,3 +310,30 @@ def test_folder_images_in_any_mode_with_exif_and_a_shared_folder(tmp_path):
     ]
     cmyk = source.dataset["train"][0]
     assert encode_pair(cmyk["image"], cmyk["annotation"], spec)[0].getpixel((0, 0))[0] > 200  # CMYK red -> RGB red
+
+
+def test_voc_augmented_set_and_missing_files(tmp_path):
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    mask = np.full((8, 10), 15, dtype=np.uint8)
+    mask[0] = 255
+    for stem in ("2008_000001", "2008_000002", "2008_000003"):
+        Image.new("RGB", (10, 8)).save(root / "JPEGImages" / f"{stem}.jpg")
+        Image.fromarray(mask).save(root / "SegmentationClassAug" / f"{stem}.png")
+    Image.fromarray(mask).save(root / "SegmentationClass" / "2008_000003.png")
+    lists = root / "ImageSets" / "Segmentation"
+    (lists / "train_aug.txt").write_text("2008_000001\n2008_000002\n2008_000009\n")
+    (lists / "val.txt").write_text("2008_000003\n")
+    data_args = DataArguments(data_dir=str(tmp_path), layout="voc", voc_augmented=True)
+    source = open_source(data_args)
+    assert {split: len(ds) for split, ds in source.dataset.items()} == {"train": 2, "val": 1}
+    assert sorted(Path(problem.file).name for problem in source.problems) == ["2008_000009.jpg", "2008_000009.png"]
+    labels = labels_of(source, "train", 1, build_label_spec(source, data_args))
+    assert sorted(np.unique(labels).tolist()) == [15, 255]
+    with pytest.raises(HfsegError, match="SegmentationClassAug not found"):
+        (root / "SegmentationClassAug" / "2008_000001.png").unlink()
+        for file in (root / "SegmentationClassAug").iterdir():
+            file.unlink()
+        (root / "SegmentationClassAug").rmdir()
+        open_source(data_args)
