@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, Image
+from PIL import ExifTags, ImageOps, UnidentifiedImageError
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from hfseg.adapters import Problem, SourceData, build_label_spec, open_source
@@ -61,6 +61,8 @@ def open_value(value, fallback: str) -> tuple[PILImage.Image, str]:
     name = path or fallback
     image = PILImage.open(io.BytesIO(data) if data is not None else path)
     image.load()
+    if image.getexif().get(ExifTags.Base.Orientation) is not None:  # as `datasets.Image` decodes it
+        image = ImageOps.exif_transpose(image)
     return image, name
 
 
@@ -87,10 +89,7 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
         return None, None, None, [Problem("corrupt", image_name, f"cannot be converted to RGB ({error})", FIX_CORRUPT)]
     size = (rgb.width, rgb.height)
     try:
-        if spec is not None and spec.palette and mask.mode in ("RGB", "RGBA"):
-            raw = spec.decode(mask, mask_name)
-        else:
-            raw = decode_mask(mask, mask_name)
+        raw = spec.decode(mask, mask_name) if spec is not None else decode_mask(mask, mask_name)
     except HfsegError as error:
         message = str(error)
         kind = (
