@@ -6,6 +6,7 @@ import sys
 
 SUBCOMMANDS = {
     "finetune": ("hfseg.finetune", "fine-tune a model (same flags as hfseg/finetune.py)"),
+    "push": ("hfseg.push", "push a finished run to the Hugging Face Hub (OUTPUT_DIR --repo_id ID)"),
 }
 
 

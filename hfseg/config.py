@@ -95,6 +95,18 @@ class DataArguments:
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal-flip probability in training."})
     photometric: bool = field(default=True, metadata={"help": "Brightness/contrast/saturation/hue distortion."})
     num_preview_images: int = field(default=4, metadata={"help": "Validation images in predictions.png."})
+    # --- hub (issue 7) ---
+    reference_mean_iou: float | None = field(
+        default=None,
+        metadata={"help": "The recipe's published validation mIoU (0-1); the model card compares the run with it."},
+    )
+    reference_source: str | None = field(
+        default=None, metadata={"help": "Where --reference_mean_iou comes from (paper and table), shown in the card."}
+    )
+    card_license: str = field(
+        default="apache-2.0",
+        metadata={"help": "License id in the model card; must respect the base model's and the data's licenses."},
+    )
 
 
 @dataclass
