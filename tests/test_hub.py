@@ -4,7 +4,6 @@ and revision, retries, failures that leave the run intact, and a planted token t
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -84,7 +83,8 @@ def test_card_metadata_names_only_hub_datasets_and_skips_nan_metrics(tmp_path):
 
 @pytest.fixture(scope="module")
 def pushed_run(tmp_path_factory):
-    """A tiny model fine-tuned and pushed with --push_to_hub to the stub, a token planted in flag and env."""
+    """A tiny model fine-tuned and pushed with --push_to_hub to the stub, a token planted in flag and env
+    (a subprocess: its whole stdout/stderr is searched for the token)."""
     root = tmp_path_factory.mktemp("pushed")
     output_dir, remote = root / "tiny-seg", root / "remote"
     env = {**os.environ, "HF_TOKEN": ENV_TOKEN, "HF_HOME": str(root / "hf_home")}
@@ -99,6 +99,7 @@ def pushed_run(tmp_path_factory):
     return output_dir, remote, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_finetune_push_to_hub_uploads_publishable_files_once(pushed_run):
     output_dir, remote, _ = pushed_run
     calls = read_calls(remote)
@@ -115,6 +116,7 @@ def test_finetune_push_to_hub_uploads_publishable_files_once(pushed_run):
     assert upload["token"] == token_digest(FLAG_TOKEN), "--hub_token is the token used for the push"
 
 
+@pytest.mark.slow
 def test_pushed_card_parses_and_shows_the_run_metrics(pushed_run):
     output_dir, remote, _ = pushed_run
     pushed = remote / STUB_USER / "tiny-seg" / "exp1"
@@ -130,6 +132,7 @@ def test_pushed_card_parses_and_shows_the_run_metrics(pushed_run):
     assert config["id2label"]["1"] == "disc"
 
 
+@pytest.mark.slow
 def test_planted_token_is_in_no_output_file_and_no_log(pushed_run):
     output_dir, remote, log = pushed_run
     assert log.strip(), "the run's output was captured"
@@ -141,9 +144,32 @@ def test_planted_token_is_in_no_output_file_and_no_log(pushed_run):
 
 
 @pytest.fixture
-def finished_run(pushed_run, tmp_path):
-    """A private copy of the finished run, for pushes that rewrite its card."""
-    return shutil.copytree(pushed_run[0], tmp_path / "tiny-seg")
+def finished_run(tmp_path):
+    """A finished-run folder assembled from real parts without training (tiny model, processor, metrics, config,
+    card, pictures), plus Trainer's training_args.bin pickle, which must never be published."""
+    import torch
+    import yaml
+    from conftest import tiny_model
+    from PIL import Image
+
+    from hfseg.config import ModelArguments
+    from hfseg.hub import write_model_card
+    from hfseg.modeling import build_image_processor
+
+    run = tmp_path / "tiny-seg"
+    model = tiny_model(num_labels=3)
+    model.config.id2label, model.config.label2id = ID2LABEL, {name: i for i, name in ID2LABEL.items()}
+    model.save_pretrained(run)
+    build_image_processor(ModelArguments(model_type="segformer", image_size=64)).save_pretrained(run)
+    metrics = {key: value for key, value in METRICS.items() if "per_category" not in key}
+    (run / "eval_results.json").write_text(json.dumps(metrics))
+    config = {"model_type": "segformer", "dataset_name": "synthetic", "max_steps": 4, "hub_token": None}
+    (run / "hfseg_config.yaml").write_text(yaml.safe_dump(config))
+    for name in ("predictions.png", "training_curves.png"):
+        Image.new("RGB", (8, 8)).save(run / name)
+    torch.save({"hub_token": None}, run / "training_args.bin")
+    write_model_card(run, metrics=metrics, id2label=ID2LABEL, model_name="tiny-seg", config=config)
+    return run
 
 
 def digests(folder, skip=("README.md",)) -> dict:
@@ -166,6 +192,8 @@ def test_push_cli_retries_transient_failures_then_pushes(finished_run, tmp_path,
     captured = capsys.readouterr()
     for text in (captured.out, captured.err, caplog.text):
         assert ENV_TOKEN not in text
+    for path in [*finished_run.iterdir(), *(tmp_path / "remote").rglob("*")]:
+        assert not path.is_file() or ENV_TOKEN.encode() not in path.read_bytes(), path
 
 
 def test_backoff_doubles_between_attempts(finished_run, tmp_path, monkeypatch):
@@ -227,3 +255,25 @@ def test_only_safetensors_weights_are_published(finished_run):
 def test_card_from_run_names_the_repo(finished_run):
     card = card_from_run(finished_run, model_ref="me/seg")
     assert card.data.model_name == "seg" and 'model="me/seg"' in card.text
+    assert metric_values(card.data.eval_results) == {"mean_iou": 0.5123456789, "mean_accuracy": 0.6,
+                                                     "overall_accuracy": 0.875}  # fmt: skip
+
+
+def test_offline_mode_is_named_instead_of_a_traceback(finished_run, monkeypatch, capsys):
+    """No stub here: the real HfApi refuses with HF_HUB_OFFLINE=1 (set by conftest) before opening a connection."""
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(finished_run), "--repo_id", "me/seg"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "HF_HUB_OFFLINE is set" in err and "hfseg push" in err
+
+
+def test_cli_lists_and_runs_push(finished_run, tmp_path, monkeypatch):
+    from hfseg import cli
+
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    monkeypatch.setattr(sys, "argv", ["hfseg"])
+    stub = HubStub(tmp_path / "remote").install(monkeypatch.setattr)
+    cli.main(["push", str(finished_run), "--repo_id", "me/seg", "--keep_card"])
+    assert stub.calls_of("upload_folder")[0]["repo_id"] == "me/seg"
+    assert (finished_run / "README.md").read_bytes() == (tmp_path / "remote/me/seg/main/README.md").read_bytes()
