@@ -207,8 +207,8 @@ def build_model_card(
         achieved = float(metrics["mean_iou"])
         delta = achieved - float(reference["mean_iou"])
         reference_section = (
-            f"\n### Compared with the published reference\n\n"
-            f"| | mIoU |\n|---|---|\n| reference ({reference.get('source') or 'published'}) | "
+            f"\n### Compared with the recipe's reference\n\n"
+            f"| | mIoU |\n|---|---|\n| reference: {reference.get('source') or 'published'} | "
             f"{float(reference['mean_iou']):.4f} |\n| this model | {_format(achieved)} |\n"
             f"| difference | {delta:+.4f} |\n"
         )

@@ -63,7 +63,7 @@ def test_card_round_trips_metrics_through_model_index(tmp_path):
     body = loaded.text
     assert "`road`, `car`, `sky`" in body
     assert "| 1 | car | 0.1235 | 0.2000 |" in body and "| 2 | sky | n/a | n/a |" in body
-    assert "| reference (SegFormer paper) | 0.3740 |" in body and "| difference | +0.1383 |" in body
+    assert "| reference: SegFormer paper | 0.3740 |" in body and "| difference | +0.1383 |" in body
     assert "![predictions](predictions.png)" in body
     assert 'pipeline("image-segmentation", model="me/tiny-seg")' in body
     assert "- learning_rate: 6e-05" in body and "recipe `segformer_ade`" in body
@@ -78,7 +78,7 @@ def test_card_metadata_names_only_hub_datasets_and_skips_nan_metrics(tmp_path):
                             config={"dataset_name": "synthetic", "model_type": "segformer"})  # fmt: skip
     assert card.data.datasets is None and card.data.base_model is None and card.data.license == "apache-2.0"
     assert metric_values(card.data.eval_results) == {"overall_accuracy": 0.5}
-    assert "Compared with the published reference" not in card.text
+    assert "Compared with the recipe's reference" not in card.text
 
 
 @pytest.fixture(scope="module")
