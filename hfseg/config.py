@@ -159,6 +159,18 @@ class DataArguments:
         default=False,
         metadata={"help": "Stream a Hub data set instead of downloading it (IterableDataset; needs --max_steps)."},
     )
+    # --- hub (issue 7) ---
+    reference_mean_iou: float | None = field(
+        default=None,
+        metadata={"help": "The recipe's published validation mIoU (0-1); the model card compares the run with it."},
+    )
+    reference_source: str | None = field(
+        default=None, metadata={"help": "Where --reference_mean_iou comes from (paper and table), shown in the card."}
+    )
+    card_license: str = field(
+        default="apache-2.0",
+        metadata={"help": "License id in the model card; must respect the base model's and the data's licenses."},
+    )
 
 
 @dataclass

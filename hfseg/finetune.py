@@ -24,6 +24,7 @@ from hfseg.inference import predict_masks
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
+from hfseg.push import prepare_hub_push, push_finished_run
 from hfseg.trainer import SegTrainer
 from hfseg.transforms import EvalTransform, TrainTransform
 from hfseg.visualize import save_prediction_grid, save_training_curves
@@ -35,6 +36,7 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
 
     # Source -> label spec -> transforms.
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
             (model_args, data_args, training_args),
             data_args.num_preview_images,
         )
+        if training_args.push_to_hub:
+            push_finished_run(trainer)
     return metrics
 
 
