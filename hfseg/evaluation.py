@@ -22,7 +22,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hfseg.adapters import load_source
+from hfseg.adapters import build_label_spec, open_source
+from hfseg.adapters.base import VALIDATION_SPLIT_NAMES, split_train_validation
 from hfseg.collate import collate_segmentation
 from hfseg.config import DataArguments, SegTrainingArguments
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
@@ -49,8 +50,8 @@ class EvaluateArguments:
     split: str | None = field(
         default=None,
         metadata={
-            "help": "Split to evaluate (default: the validation split hfseg finetune uses: validation/val/test, "
-            "else the same held-out part of train)."
+            "help": "Split to evaluate (default: --validation_split, else validation/val/test, else the part of "
+            "train that hfseg finetune holds out)."
         },
     )
     worst: int = field(
@@ -73,10 +74,8 @@ def parse_evaluate_args(argv: list[str] | None = None):
         raise HfsegError("no model given: pass --model DIR (a saved model, e.g. hfseg finetune's output_dir)")
     if evaluate_args.worst < 0:
         raise HfsegError(f"--worst is {evaluate_args.worst}; pass a number of images >= 0")
-    if evaluate_args.split:
-        data_args = dataclasses.replace(
-            data_args, train_split=evaluate_args.split, validation_split=evaluate_args.split
-        )
+    if getattr(data_args, "streaming", False):
+        raise HfsegError("--streaming: hfseg evaluate needs a data set it can index; leave --streaming out")
     if data_args.dataset_name == "synthetic":  # validation images do not depend on the train size
         data_args = dataclasses.replace(data_args, synthetic_train_size=1)
     return evaluate_args, data_args, training_args
@@ -89,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model -> labels -> data at the mode's resolution.
     model, processor = load_for_inference(evaluate_args.model, evaluate_args.revision, evaluate_args.trust_remote_code)
-    source = load_source(data_args, seed=training_args.seed)
+    source = open_source(data_args, seed=training_args.seed)
     spec = label_spec_for(model, source, data_args)
+    rows = evaluation_split(source, data_args, evaluate_args.split, training_args.seed)
     options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
     eval_transform = eval_transform_for(processor, options)
-    rows = source.dataset["validation"]
     dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform)
 
     # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
@@ -141,15 +140,33 @@ def compact_json(data) -> str:
 
 
 def label_spec_for(model, source, data_args) -> LabelSpec:
-    """The model's classes with the data's label convention; the two must have the same number of classes."""
+    """The data's label convention with the model's class names; a source that names its classes must have
+    as many as the model (a source that does not is taken to use the model's ids)."""
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     if source.id2label is not None and len(source.id2label) != len(id2label):
         raise HfsegError(
             f"the data have {len(source.id2label)} classes but the model has {len(id2label)}; evaluate on the data "
             "the model was trained for, or pass --id2label_file / --reduce_labels to match its classes"
         )
-    reduce_labels = data_args.reduce_labels if data_args.reduce_labels is not None else bool(source.reduce_labels)
-    return LabelSpec(id2label, data_args.ignore_index, reduce_labels, source.label_map)
+    source.id2label = id2label
+    return build_label_spec(source, data_args)
+
+
+def evaluation_split(source, data_args, split: str | None, seed: int):
+    """`--split`, else `--validation_split`, else validation/val/test, else the part of train that
+    `hfseg finetune` holds out (same seed, same fraction); capped by `--max_eval_samples`."""
+    splits = source.dataset
+    name = split or data_args.validation_split or next((n for n in VALIDATION_SPLIT_NAMES if n in splits), None)
+    if name is None:
+        return split_train_validation(splits, data_args, seed)["validation"]
+    if name not in splits:
+        raise HfsegError(f"split '{name}' not found (splits: {list(splits)}); set --split")
+    dataset = splits[name]
+    if data_args.max_eval_samples is not None and len(dataset) > data_args.max_eval_samples:
+        dataset = dataset.select(range(data_args.max_eval_samples))
+    if len(dataset) == 0:
+        raise HfsegError(f"split '{name}' is empty; set --split to a split with images")
+    return dataset
 
 
 def save_worst_images(model, rows, source, spec, transform, options, per_sample_iou, count, path) -> list[dict]:

@@ -73,3 +73,8 @@ class SegTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save without Trainer's own push: with `--push_to_hub`, hfseg pushes once the card, eval results and
+        pictures exist (`hfseg.push.push_finished_run`), and only the files worth publishing."""
+        super().save_model(output_dir, _internal_call=True)

@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, save_tiny_model
-from datasets import Dataset, DatasetDict, Features
-from datasets import Image as ImageFeature
 from PIL import Image
 
 from hfseg.evaluation import main as evaluate_main
 from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.metrics import StreamingSegmentationMetric
-from hfseg.synthetic import SYNTHETIC_ID2LABEL, make_synthetic_dataset
+from hfseg.synthetic import make_synthetic_dataset
 
 RESULT_KEYS = (
     "eval_overall_accuracy", "eval_mean_iou", "eval_mean_accuracy", "eval_mean_dice", "eval_mean_fscore",
@@ -28,10 +26,10 @@ RESULT_KEYS = (
 
 @pytest.fixture(scope="module")
 def saved_data(tmp_path_factory):
-    """5 validation images of different sizes (an odd count: a 2-process sampler must pad), saved to disk."""
+    """5 validation images of different sizes (an odd count: a 2-process sampler must pad), saved to disk
+    without class names (the model's are used)."""
     directory = tmp_path_factory.mktemp("data") / "synthetic"
     make_synthetic_dataset(train_size=2, eval_size=5, seed=3, min_size=40, max_size=72).save_to_disk(str(directory))
-    (directory / "id2label.json").write_text(json.dumps(SYNTHETIC_ID2LABEL))
     return directory
 
 
@@ -91,25 +89,33 @@ def test_evaluate_refuses_data_with_another_number_of_classes(saved_tiny_model, 
 
 
 def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
-    """The two real ADE20K validation pairs (683x512, 500x364; 0 = other, reduced away) as a local data set."""
+    """The two real ADE20K validation pairs (683x512, 500x364) in their own layout; 0 = other is reduced away."""
     from hfseg.adapters.ade20k_classes import ADE20K_CLASSES
 
-    root = shared_data / "ade20k" / "ADEChallengeData2016"
-    images = sorted(str(path) for path in (root / "images" / "validation").glob("*.jpg"))
-    masks = sorted(str(path) for path in (root / "annotations" / "validation").glob("*.png"))
-    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
-    data = tmp_path / "ade"
-    split = Dataset.from_dict({"image": images, "annotation": masks}, features=features)
-    DatasetDict({"validation": split}).save_to_disk(str(data))
-    id2label = dict(enumerate(ADE20K_CLASSES))
-    (data / "id2label.json").write_text(json.dumps(id2label))
-    model = save_tiny_model(tmp_path / "model", id2label)
-    _, results = run_evaluate(model, data, tmp_path / "out", "--split", "validation", "--reduce_labels", "true",
-                              "--eval_mode", "slide", "--eval_crop_size", "48")  # fmt: skip
+    model = save_tiny_model(tmp_path / "model", dict(enumerate(ADE20K_CLASSES)))
+    argv = [
+        "--model",
+        str(model),
+        "--data_dir",
+        str(shared_data / "ade20k"),
+        "--layout",
+        "ade20k",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--eval_mode",
+        "slide",
+        "--eval_crop_size",
+        "48",
+        "--worst",
+        "1",
+    ]
+    evaluate_main(argv)  # fmt: skip
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    masks = sorted((shared_data / "ade20k" / "ADEChallengeData2016" / "annotations" / "validation").glob("*.png"))
     labelled = sum(int((np.asarray(Image.open(mask)) != 0).sum()) for mask in masks)
     assert np.array(results["confusion_matrix"]).sum() == labelled
-    assert results["num_images"] == 2
-    assert len(results["eval_per_category_iou"]) == 150
+    assert results["num_images"] == 2 and len(results["eval_per_category_iou"]) == 150
+    assert results["id2label"]["0"] == "wall"
 
 
 def _free_port() -> int:
