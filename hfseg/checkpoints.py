@@ -86,7 +86,7 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | 
             logger.info("resuming from %s", found)
             return str(found)
         if value.lower() == "auto":
-            logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting from scratch", output_dir)
+            logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting afresh", output_dir)
             return None
         raise HfsegError(
             f"--resume_from_checkpoint {value}: no complete checkpoint-N directory in {output_dir}; "
@@ -100,6 +100,17 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | 
             f"pass a checkpoint-N directory written by hfseg, or --resume_from_checkpoint auto"
         )
     return str(path)
+
+
+def load_checkpoint_weights(model, checkpoint: str | Path) -> None:
+    """Load a checkpoint's safetensors weights into `model` in place; every key must match.
+
+    transformers 5 saves some models under renamed keys (SegFormer's legacy names) and Trainer's own resume
+    loads the raw file with `strict=False`, so the weights are silently not loaded; `from_pretrained` maps the
+    names back.
+    """
+    loaded = type(model).from_pretrained(str(checkpoint), config=model.config, use_safetensors=True)
+    model.load_state_dict(loaded.state_dict(), strict=True)
 
 
 # --- the output dir: one run each, marked incomplete until done ---
@@ -128,9 +139,9 @@ def prepare_output_dir(training_args) -> str | None:
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     resumes_here = resume is not None and Path(resume).resolve().parent == output_dir.resolve()
     # `auto` after a crash before the first checkpoint: the unfinished run is started again
-    restarts_unfinished = str(training_args.resume_from_checkpoint).lower() == "auto" and (
-        output_dir / INCOMPLETE_MARKER
-    ).exists()
+    restarts_unfinished = (
+        str(training_args.resume_from_checkpoint).lower() == "auto" and (output_dir / INCOMPLETE_MARKER).exists()
+    )
     existing = run_files_in(output_dir)
     if existing and not (resumes_here or restarts_unfinished or training_args.overwrite_output_dir):
         shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")

@@ -43,7 +43,8 @@ def user_errors_exit(main):
         try:
             return main(*args, **kwargs)
         except HfsegError as error:
-            if debug_enabled():
+            argv = args[0] if args and isinstance(args[0], list) else None  # main(argv) called in-process
+            if debug_enabled() or (argv is not None and debug_enabled(argv)):
                 raise
             hint = "\n(run again with --debug for the full traceback)" if error.debug_hint else ""
             print(f"hfseg: error: {error}{hint}", file=sys.stderr)

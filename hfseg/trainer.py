@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from hfseg.checkpoints import save_checkpoint_atomically
+from hfseg.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
 from hfseg.inference import logits_at_sizes
 from hfseg.interrupts import check_finite_loss
 from hfseg.metrics import confusion_matrix
@@ -45,6 +45,17 @@ class SegTrainer(Trainer):
 
     def _get_output_dir(self, trial):
         return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Weights through `from_pretrained` (Trainer's raw, non-strict load misses renamed keys)."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
