@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             args=rest + (["--recipe", known.recipe] if known.recipe else []), return_remaining_strings=False
         )
     except (ValueError, TypeError) as error:
-        raise HfsegError(f"invalid configuration: {error}") from None
+        raise HfsegError(f"invalid configuration: {error}; see `hfseg finetune --help` for the flags") from None
     training_args.recipe = known.recipe
     return model_args, data_args, training_args
 

@@ -46,6 +46,9 @@ def user_errors_exit(main):
             argv = args[0] if args and isinstance(args[0], list) else None  # main(argv) called in-process
             if debug_enabled() or (argv is not None and debug_enabled(argv)):
                 raise
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):  # end a progress bar's line first
+                print(file=sys.stderr)
             hint = "\n(run again with --debug for the full traceback)" if error.debug_hint else ""
             print(f"hfseg: error: {error}{hint}", file=sys.stderr)
             sys.exit(error.exit_code)
