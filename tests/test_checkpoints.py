@@ -164,3 +164,39 @@ def test_run_files_are_recognised(tmp_path):
     make_checkpoint(tmp_path / "checkpoint-2")
     (tmp_path / "hfseg_config.yaml").write_text("{}")
     assert run_files_in(tmp_path) == ["checkpoint-2", "hfseg_config.yaml"]
+
+
+def test_checkpoint_weights_load_strictly_despite_renamed_keys(tmp_path):
+    """transformers 5 saves SegFormer under legacy key names; Trainer's own non-strict resume loaded none of them."""
+    from conftest import tiny_model
+
+    from hfseg.checkpoints import load_checkpoint_weights
+
+    torch.manual_seed(0)
+    trained = tiny_model()
+    trained.save_pretrained(tmp_path / "checkpoint-1")
+    saved_keys = set(load_file(str(tmp_path / "checkpoint-1" / "model.safetensors")))
+    assert saved_keys != set(trained.state_dict()), "keys are no longer renamed on save: the override may go"
+    torch.manual_seed(1)
+    fresh = tiny_model()
+    load_checkpoint_weights(fresh, tmp_path / "checkpoint-1")
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, fresh.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_finished_run_is_complete_atomic_and_holds_no_token(tmp_path):
+    from hfseg.finetune import main
+
+    output_dir = tmp_path / "out"
+    token = "hf_NotARealTokenButSecret123"
+    main(tiny_run_args(output_dir, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+                       "--hub_token", token, "--num_preview_images", "1"))  # fmt: skip
+    assert not (output_dir / INCOMPLETE_MARKER).exists()
+    assert not (output_dir / STAGING_DIR_NAME).exists()
+    assert latest_complete_checkpoint(output_dir) == output_dir / "checkpoint-2"
+    assert (output_dir / "model.safetensors").is_file() and not list(output_dir.rglob("*.bin.tmp*"))
+    assert not [path for path in output_dir.rglob("pytorch_model*.bin")], "weights must be safetensors only"
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), f"the Hub token leaked into {path}"

@@ -252,3 +252,15 @@ def test_no_space_left_on_save_keeps_earlier_checkpoint(capsys, tmp_path, monkey
     assert latest_complete_checkpoint(output_dir) == output_dir / "checkpoint-2"
     assert not (output_dir / "checkpoint-4").exists() and not (output_dir / STAGING_DIR_NAME).exists()
     assert (output_dir / INCOMPLETE_MARKER).exists()
+
+
+def test_recipe_yaml_is_loaded_safely(capsys, tmp_path):
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text("crop_size: !!python/object/apply:os.system ['echo pwned']\n")
+    line = run_main(capsys, ["--recipe", str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert "evil.yaml is not valid YAML" in line
+
+
+def test_remote_code_is_off_by_default():
+    model_args, _, _ = parse_args(["--model_type", "segformer"])
+    assert model_args.trust_remote_code is False
