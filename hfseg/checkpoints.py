@@ -137,6 +137,8 @@ def prepare_output_dir(training_args) -> str | None:
     """
     output_dir = Path(training_args.output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    if training_args.process_index != 0:  # the main process checks and marks (others would see its marker)
+        return resume
     resumes_here = resume is not None and Path(resume).resolve().parent == output_dir.resolve()
     # `auto` after a crash before the first checkpoint: the unfinished run is started again
     restarts_unfinished = (
@@ -149,17 +151,16 @@ def prepare_output_dir(training_args) -> str | None:
             f"--output_dir {output_dir} already holds a run ({shown}); pass --resume_from_checkpoint auto to continue "
             "it, --overwrite_output_dir to write over it, or choose another --output_dir"
         )
-    if training_args.process_index == 0:
-        staging = output_dir / STAGING_DIR_NAME
-        if staging.exists():
-            logger.warning("removing %s left by an interrupted save (never a complete checkpoint)", staging)
-            shutil.rmtree(staging, ignore_errors=True)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / INCOMPLETE_MARKER).write_text(
-            "This run has not finished: files in this directory may be missing or partial.\n"
-            "Resume it with the same command plus `--resume_from_checkpoint auto`.\n"
-            "hfseg deletes this file after the last output is written.\n"
-        )
+    staging = output_dir / STAGING_DIR_NAME
+    if staging.exists():
+        logger.warning("removing %s left by an interrupted save (never a complete checkpoint)", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / INCOMPLETE_MARKER).write_text(
+        "This run has not finished: files in this directory may be missing or partial.\n"
+        "Resume it with the same command plus `--resume_from_checkpoint auto`.\n"
+        "hfseg deletes this file after the last output is written.\n"
+    )
     return resume
 
 

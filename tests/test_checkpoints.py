@@ -195,8 +195,33 @@ def test_finished_run_is_complete_atomic_and_holds_no_token(tmp_path):
     assert not (output_dir / INCOMPLETE_MARKER).exists()
     assert not (output_dir / STAGING_DIR_NAME).exists()
     assert latest_complete_checkpoint(output_dir) == output_dir / "checkpoint-2"
-    assert (output_dir / "model.safetensors").is_file() and not list(output_dir.rglob("*.bin.tmp*"))
-    assert not [path for path in output_dir.rglob("pytorch_model*.bin")], "weights must be safetensors only"
+    assert (output_dir / "model.safetensors").is_file()
+    assert not list(output_dir.rglob("pytorch_model*.bin")), "weights must be safetensors only"
     for path in output_dir.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), f"the Hub token leaked into {path}"
+
+
+def test_tools_refuse_an_unfinished_output_dir(tmp_path):
+    from hfseg.checkpoints import check_output_complete
+
+    check_output_complete(tmp_path)
+    (tmp_path / INCOMPLETE_MARKER).write_text("")
+    with pytest.raises(HfsegError, match="did not finish.*--resume_from_checkpoint auto"):
+        check_output_complete(tmp_path)
+
+
+def test_auto_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    from hfseg.checkpoints import prepare_output_dir
+    from hfseg.config import parse_args
+
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / INCOMPLETE_MARKER).write_text("")
+    (output_dir / STAGING_DIR_NAME / "checkpoint-2").mkdir(parents=True)  # a save cut short
+    *_, training_args = parse_args(tiny_run_args(output_dir))
+    with pytest.raises(HfsegError, match="already holds a run"):
+        prepare_output_dir(training_args)
+    *_, training_args = parse_args(tiny_run_args(output_dir, "--resume_from_checkpoint", "auto"))
+    assert prepare_output_dir(training_args) is None
+    assert not (output_dir / STAGING_DIR_NAME).exists()
