@@ -271,7 +271,7 @@ def save_final_model(trainer, output_dir: str | Path | None = None) -> None:
     output_dir = Path(output_dir or trainer.args.output_dir)
     temp = output_dir / STAGING_DIR_NAME / "final"
     try:
-        trainer.save_model(str(temp))
+        trainer.save_model(str(temp), _internal_call=True)  # no Hub push from the temp dir
         if trainer.args.should_save:
             scrub_tokens(temp, trainer.args)
             _fsync_tree(temp)
@@ -286,6 +286,8 @@ def save_final_model(trainer, output_dir: str | Path | None = None) -> None:
     finally:
         if trainer.args.should_save:
             shutil.rmtree(output_dir / STAGING_DIR_NAME, ignore_errors=True)
+    if trainer.args.push_to_hub:  # what `trainer.save_model()` does after saving
+        trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
 
 
 # --- no credentials on disk ---
