@@ -269,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     parser.add_argument("--recipe", default=None, help="Recipe name (recipes/NAME.yaml) or path to a YAML file.")
+    parser.error = _flag_error  # one line instead of argparse's usage text of every TrainingArguments flag
     if known.recipe:
         recipe = load_recipe(known.recipe)
         _check_recipe_types(parser, recipe, resolve_recipe_path(known.recipe))
@@ -278,9 +279,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             args=rest + (["--recipe", known.recipe] if known.recipe else []), return_remaining_strings=False
         )
     except (ValueError, TypeError) as error:
-        raise HfsegError(f"invalid configuration: {error}") from None
+        raise HfsegError(f"invalid configuration: {error}; see `hfseg finetune --help` for the flags") from None
     training_args.recipe = known.recipe
     return model_args, data_args, training_args
+
+
+def _flag_error(message: str):
+    raise HfsegError(f"{message}; see `hfseg finetune --help` for the flags and their types")
 
 
 def _check_recipe_types(parser: argparse.ArgumentParser, recipe: dict, path: Path) -> None:

@@ -8,7 +8,13 @@ import sys
 
 
 class HfsegError(Exception):
-    """An error in the user's input or environment, with a message that says how to fix it."""
+    """An error in the user's input or environment, with a message that says how to fix it.
+
+    `exit_code` and `debug_hint` (whether to suggest --debug) may be overridden by subclasses.
+    """
+
+    exit_code = 2
+    debug_hint = True
 
 
 def _bare_debug_positions(argv: list[str]) -> list[int]:
@@ -30,16 +36,21 @@ def strip_debug(argv: list[str]) -> list[str]:
 
 
 def user_errors_exit(main):
-    """Decorator for entry points: an `HfsegError` prints `hfseg: error: ...` and exits 2."""
+    """Decorator for entry points: an `HfsegError` prints `hfseg: error: ...` and exits 2 (or its `exit_code`)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except HfsegError as error:
-            if debug_enabled():
+            argv = args[0] if args and isinstance(args[0], list) else None  # main(argv) called in-process
+            if debug_enabled() or (argv is not None and debug_enabled(argv)):
                 raise
-            print(f"hfseg: error: {error}\n(run again with --debug for the full traceback)", file=sys.stderr)
-            sys.exit(2)
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):  # end a progress bar's line first
+                print(file=sys.stderr)
+            hint = "\n(run again with --debug for the full traceback)" if error.debug_hint else ""
+            print(f"hfseg: error: {error}{hint}", file=sys.stderr)
+            sys.exit(error.exit_code)
 
     return wrapper

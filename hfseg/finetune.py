@@ -15,12 +15,15 @@ from pathlib import Path
 from transformers import set_seed
 
 from hfseg.adapters import build_label_spec, load_source
+from hfseg.checkpoints import mark_complete, prepare_output_dir, save_final_model
 from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
+from hfseg.determinism import seed_samples
 from hfseg.doctor import check_source
 from hfseg.errors import strip_debug, user_errors_exit
 from hfseg.hub import write_model_card
 from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
+from hfseg.interrupts import train
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
+    resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir; marks this one unfinished
 
     # Source -> label spec -> transforms.
     source = load_source(data_args, seed=training_args.seed)
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_transform = eval_transform_for(processor, inference_options)
     columns = (source.image_column, source.label_column)
     train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform)
+    train_dataset = seed_samples(train_dataset, training_args.seed)  # same augmentations after a resume
     eval_dataset = attach_transform(source.dataset["validation"], *columns, spec, eval_transform)
 
     # Model -> trainer.
@@ -74,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         ignore_index=data_args.ignore_index,
         inference_options=inference_options,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
+    save_final_model(trainer)  # temp dir + atomic renames
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})
     trainer.save_metrics("eval", metrics)
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
             (model_args, data_args, training_args),
             data_args.num_preview_images,
         )
+        mark_complete(training_args.output_dir)
         if training_args.push_to_hub:
             push_finished_run(trainer)
     return metrics

@@ -57,19 +57,33 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     name = model_args.model_name_or_path
     if not name:
         raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
-    require_hub("model", name)
     kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
-    config = AutoConfig.from_pretrained(name, **kwargs, **overrides)
-    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
-        raise HfsegError(
-            f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
-            f"{_unsupported_message(config.model_type)}"
-        )
+    config = load_segmentation_config(model_args, overrides)
     for key, value in labels.items():
         setattr(config, key, value)
     return AutoModelForSemanticSegmentation.from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
     )
+
+
+def load_segmentation_config(model_args, overrides: dict | None = None):
+    """The config of `--model_name_or_path`, checked to be one of a semantic-segmentation model."""
+    name = model_args.model_name_or_path
+    require_hub("model", name)
+    kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs, **(overrides or {}))
+    except (OSError, ValueError) as error:
+        raise HfsegError(
+            f"--model_name_or_path {name}: cannot load a model config ({str(error).splitlines()[0]}); pass a "
+            "checkpoint directory with a config.json, a Hub id, or --model_type to start from a random init"
+        ) from None
+    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
+        raise HfsegError(
+            f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
+            f"{_unsupported_message(config.model_type)}"
+        )
+    return config
 
 
 def _unsupported_message(model_type: str) -> str:
@@ -87,8 +101,17 @@ def build_image_processor(model_args):
         class_name = class_names.get("torchvision") or class_names.get("pil") or "SegformerImageProcessor"
         processor = getattr(transformers, class_name)()
     else:
+        if not model_args.model_name_or_path:
+            raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
+        load_segmentation_config(model_args)  # a clear error for a checkpoint that is no segmentation model
         kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
-        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
+        try:
+            processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
+        except (OSError, ValueError) as error:
+            raise HfsegError(
+                f"--model_name_or_path {model_args.model_name_or_path}: cannot load its image processor "
+                f"({str(error).splitlines()[0]}); add a preprocessor_config.json to the checkpoint"
+            ) from None
     if model_args.image_size:
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if hasattr(processor, "do_reduce_labels"):

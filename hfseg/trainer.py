@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from hfseg.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
 from hfseg.inference import InferenceOptions, logits_at_sizes
+from hfseg.interrupts import check_finite_loss
 from hfseg.metrics import confusion_matrix
 from hfseg.modeling import processor_input_size
 
@@ -29,6 +31,7 @@ class SegTrainer(Trainer):
     def __init__(self, *args, ignore_index: int = 255, inference_options: InferenceOptions | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
+        self._staging_run_dir = None
         if inference_options is None:
             input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
             inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
@@ -36,9 +39,30 @@ class SegTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key not in ("label_sizes", "pixel_sizes")}
-        return super().compute_loss(
+        result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if model.training:
+            check_finite_loss(result[0] if return_outputs else result, self)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        """Checkpoints are written to a staging dir and renamed into place when complete."""
+        save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
+
+    def _get_output_dir(self, trial):
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Weights through `from_pretrained` (Trainer's raw, non-strict load misses renamed keys)."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""

@@ -15,7 +15,7 @@ from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatas
 from hfseg.adapters.ade20k_classes import ADE20K_CLASSES
 from hfseg.adapters.base import VALIDATION_SPLIT_NAMES, SourceData
 from hfseg.errors import HfsegError
-from hfseg.network import require_hub
+from hfseg.network import hub_offline, require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,14 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
     else:
         require_hub("dataset", name)
         on_hub = True
-        dataset = _load_hub_dataset(name, data_args.dataset_config_name or known.get("config"), streaming)
+        try:
+            dataset = _load_hub_dataset(name, data_args.dataset_config_name or known.get("config"), streaming)
+        except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+            where = "in the Hugging Face cache (HF_HUB_OFFLINE=1)" if hub_offline() else "on the Hub"
+            raise HfsegError(
+                f"--dataset_name {name}: no such local folder or file, and not found {where} ({error}); check the "
+                "path or Hub id, or use --data_dir DIR --layout NAME for data in its own layout"
+            ) from None
     if isinstance(dataset, Dataset):
         dataset = DatasetDict({"train": dataset})
     elif isinstance(dataset, IterableDataset):
