@@ -13,6 +13,7 @@ from transformers import Trainer
 
 from hfseg.inference import logits_at_sizes
 from hfseg.metrics import confusion_matrix
+from hfseg.param_groups import no_decay_parameter_names, parameter_groups
 
 
 class SegTrainer(Trainer):
@@ -20,18 +21,60 @@ class SegTrainer(Trainer):
 
     Args:
         ignore_index: label value never trained on nor scored (padding of labels uses it too).
-        Other arguments are `Trainer`'s.
+        loss_fn: `hfseg.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
+            None keeps the model's own loss.
+        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple.
     """
 
-    def __init__(self, *args, ignore_index: int = 255, **kwargs):
+    def __init__(self, *args, ignore_index: int = 255, loss_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
+        self.loss_fn = loss_fn
+        self._auxiliary_logits = None
+        if loss_fn is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
+            auxiliary_head = getattr(self.model, "auxiliary_head", None)
+            if auxiliary_head is not None:  # UperNet/BEiT/DPT return no auxiliary logits: catch them on the way
+                auxiliary_head.register_forward_hook(self._keep_auxiliary_logits)
+
+    def _keep_auxiliary_logits(self, module, inputs, output):
+        self._auxiliary_logits = output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != "label_sizes"}
-        return super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        if self.loss_fn is None or "labels" not in inputs:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        labels = inputs.pop("labels")
+        self._auxiliary_logits = None
+        outputs = model(**inputs)
+        loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
+        self._auxiliary_logits = None
+        return (loss, outputs) if return_outputs else loss
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Everything but biases, norm layers and position embeddings."""
+        no_decay = no_decay_parameter_names(model)
+        return [name for name, _ in model.named_parameters() if name not in no_decay]
+
+    def create_optimizer(self, model=None):
+        """The optimizer `args.optim` names, over `hfseg.param_groups.parameter_groups` (head lr x head_lr_mult)."""
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, model
         )
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            return super().create_optimizer(model)  # optimizers that pick their own parameters (GaLore, LOMO...)
+        head_lr_mult = getattr(self.args, "head_lr_mult", 1.0)
+        groups = parameter_groups(model, self.args.learning_rate, self.args.weight_decay, head_lr_mult)
+        groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
