@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
-    train_masks = training_masks(source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples)
+    train_masks = training_masks(
+        source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
+    )
     loss_fn = build_loss(training_args, model.config, data_args.ignore_index, train_masks)
     trainer = SegTrainer(
         model=model,

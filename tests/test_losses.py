@@ -78,7 +78,8 @@ def test_auxiliary_weight_and_errors():
 
 
 class _Args:
-    loss, class_weights, class_weighting, label_smoothing, dice_weight, aux_loss_weight = "ce", None, "none", 0, 1, None
+    loss, class_weights, class_weighting = "ce", None, "none"
+    label_smoothing, dice_weight, aux_loss_weight = 0.0, 1.0, None
 
 
 def test_build_loss_counts_pixels_and_reads_aux_weight_from_config():
