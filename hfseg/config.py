@@ -50,6 +50,14 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run (off unless you trust it)."}
     )
     revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    # --- training (issue 5) ---
+    backbone_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --model_type upernet: initialise the encoder from this backbone checkpoint (e.g. "
+            "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224); the heads start random."
+        },
+    )
 
 
 @dataclass

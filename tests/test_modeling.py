@@ -121,3 +121,25 @@ def test_non_segmentation_checkpoint_is_a_clear_error(tmp_path):
 def test_unknown_model_type_names_the_supported_ones():
     with pytest.raises(HfsegError, match="supported: .*segformer"):
         build_model(ModelArguments(model_type="vit"), {0: "a"})
+
+
+def test_upernet_encoder_initialised_from_a_backbone_checkpoint(tmp_path):
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(0)
+    encoder = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1]))
+    encoder.save_pretrained(tmp_path / "convnext")
+    args = ModelArguments(
+        model_type="upernet",
+        config_overrides=json.dumps({"hidden_size": 16, "auxiliary_channels": 8, "pool_scales": [1, 2]}),
+        backbone_name_or_path=str(tmp_path / "convnext"),
+    )
+    model = build_model(args, {0: "a", 1: "b"})
+    assert model.config.backbone_config.hidden_sizes == [8, 16, 24, 32]
+    stem = model.backbone.embeddings.patch_embeddings.weight
+    assert torch.equal(stem, encoder.embeddings.patch_embeddings.weight)
+    assert torch.equal(
+        model.backbone.encoder.stages[3].layers[0].pwconv1.weight, encoder.encoder.stages[3].layers[0].pwconv1.weight
+    )
+    with pytest.raises(HfsegError, match="works with --model_type upernet"):
+        build_model(ModelArguments(model_type="segformer", backbone_name_or_path=str(tmp_path / "convnext")), {0: "a"})
