@@ -89,9 +89,18 @@ def _pretrained_backbone(model_args, overrides: dict):
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
     require_hub("backbone", name)
-    out_features = (overrides.get("backbone_config") or {}).get("out_features") or [f"stage{i}" for i in range(1, 5)]
+    requested = dict(overrides.get("backbone_config") or {})  # e.g. drop_path_rate, out_features
+    requested_type = requested.pop("model_type", None)
+    out_features = requested.pop("out_features", None) or [f"stage{i}" for i in range(1, 5)]
     kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
     config = AutoConfig.from_pretrained(name, **kwargs)
+    if requested_type and requested_type != config.model_type:
+        raise HfsegError(
+            f"--backbone_name_or_path {name} is a '{config.model_type}' checkpoint but "
+            f"config_overrides.backbone_config asks for '{requested_type}'; make them agree"
+        )
+    for key, value in requested.items():
+        setattr(config, key, value)
     # Not AutoBackbone.from_pretrained: it asks the Hub whether the name exists even for a local folder.
     if type(config) not in MODEL_FOR_BACKBONE_MAPPING:
         raise HfsegError(
@@ -128,6 +137,8 @@ def build_image_processor(model_args):
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if hasattr(processor, "do_reduce_labels"):
         processor.do_reduce_labels = False
+    if getattr(processor, "do_center_crop", False):  # classification checkpoints crop; segmentation must not
+        processor.do_center_crop = False
     return processor
 
 

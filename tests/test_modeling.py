@@ -131,11 +131,19 @@ def test_upernet_encoder_initialised_from_a_backbone_checkpoint(tmp_path):
     encoder.save_pretrained(tmp_path / "convnext")
     args = ModelArguments(
         model_type="upernet",
-        config_overrides=json.dumps({"hidden_size": 16, "auxiliary_channels": 8, "pool_scales": [1, 2]}),
+        config_overrides=json.dumps(
+            {
+                "backbone_config": {"model_type": "convnext", "drop_path_rate": 0.2},
+                "hidden_size": 16,
+                "auxiliary_channels": 8,
+                "pool_scales": [1, 2],
+            }
+        ),
         backbone_name_or_path=str(tmp_path / "convnext"),
     )
     model = build_model(args, {0: "a", 1: "b"})
     assert model.config.backbone_config.hidden_sizes == [8, 16, 24, 32]
+    assert model.config.backbone_config.drop_path_rate == 0.2  # recipe settings apply on top of the checkpoint's
     stem = model.backbone.embeddings.patch_embeddings.weight
     assert torch.equal(stem, encoder.embeddings.patch_embeddings.weight)
     assert torch.equal(
