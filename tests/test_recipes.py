@@ -115,3 +115,21 @@ def test_training_curves_png_shows_loss_and_miou(tmp_path):
 
     assert has((31, 119, 180)) and has((255, 127, 14))
     assert save_training_curves([{"step": 1, "learning_rate": 0.1}], tmp_path / "empty.png") is None
+
+
+@pytest.mark.slow
+def test_report_to_tensorboard_writes_event_files(tmp_path):
+    """`--report_to tensorboard` is transformers' own callback: events land under output_dir/runs/."""
+    pytest.importorskip("tensorboard", reason="pip install 'hfseg[tensorboard]'")
+    from conftest import tiny_run_args
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hfseg.finetune import main
+
+    output_dir = tmp_path / "run"
+    main(tiny_run_args(output_dir, "--report_to", "tensorboard", "--max_steps", "2"))
+    events = list((output_dir / "runs").rglob("events.out.tfevents.*"))
+    assert events, sorted(str(p) for p in output_dir.rglob("*"))
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert "train/loss" in accumulator.Tags()["scalars"]
