@@ -148,3 +148,17 @@ def test_tiny_model_overfits_one_batch(loss_kwargs):
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.3 * losses[0], losses[::5]
+
+
+def test_training_masks_feed_class_weighting(tiny_synthetic):
+    from hfseg.labels import LabelSpec
+    from hfseg.losses import training_masks
+    from hfseg.synthetic import SYNTHETIC_ID2LABEL
+
+    spec = LabelSpec(SYNTHETIC_ID2LABEL)
+    masks = list(training_masks(tiny_synthetic["train"], "annotation", spec, limit=3))
+    assert len(masks) == 3 and all(mask.dtype == np.int64 and mask.max() < 5 for mask in masks)
+    counts = count_label_pixels(masks, 5)
+    assert counts.sum() == sum(mask.size for mask in masks)
+    weights = class_weights_from_counts(counts, "median_frequency")
+    assert weights[0] < 1.0  # background is the most frequent class, so it weighs least

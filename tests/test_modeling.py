@@ -151,3 +151,20 @@ def test_upernet_encoder_initialised_from_a_backbone_checkpoint(tmp_path):
     )
     with pytest.raises(HfsegError, match="works with --model_type upernet"):
         build_model(ModelArguments(model_type="segformer", backbone_name_or_path=str(tmp_path / "convnext")), {0: "a"})
+
+
+@pytest.mark.slow
+def test_deeplab_recipe_start_imagenet_classifier_into_deeplabv3(tmp_path):
+    """deeplab_voc starts from an ImageNet MobileNetV2 classifier: the encoder loads, the DeepLabV3 head is new."""
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    torch.manual_seed(0)
+    config = MobileNetV2Config(image_size=64, depth_multiplier=0.25, min_depth=4, num_labels=10)
+    classifier = MobileNetV2ForImageClassification(config)
+    classifier.save_pretrained(tmp_path / "classifier")
+    args = ModelArguments(model_name_or_path=str(tmp_path / "classifier"), config_overrides='{"output_stride": 16}')
+    model = build_model(args, {i: f"c{i}" for i in range(21)})
+    assert type(model).__name__ == "MobileNetV2ForSemanticSegmentation" and model.config.output_stride == 16
+    assert torch.equal(model.mobilenet_v2.conv_stem.first_conv.convolution.weight,
+                       classifier.mobilenet_v2.conv_stem.first_conv.convolution.weight)  # fmt: skip
+    assert model(pixel_values=torch.randn(1, 3, 64, 64)).logits.shape[1] == 21
