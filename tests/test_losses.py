@@ -122,10 +122,12 @@ def test_trainer_default_loss_equals_models_own_loss(model_type, tmp_path):
 
 @pytest.mark.parametrize(
     "loss_kwargs",
-    [
+    [  # ce and ce_dice (which contains dice) run by default; the other two are slow tests
         {"loss": "ce"},
-        {"loss": "ce", "class_weights": [0.5, 1.0, 2.0], "label_smoothing": 0.05},
-        {"loss": "dice"},
+        pytest.param(
+            {"loss": "ce", "class_weights": [0.5, 1.0, 2.0], "label_smoothing": 0.05}, marks=pytest.mark.slow
+        ),
+        pytest.param({"loss": "dice"}, marks=pytest.mark.slow),
         {"loss": "ce_dice"},
     ],
     ids=["ce", "ce_weighted_smoothed", "dice", "ce_dice"],
