@@ -50,6 +50,14 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run (off unless you trust it)."}
     )
     revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    # --- training (issue 5) ---
+    backbone_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --model_type upernet: initialise the encoder from this backbone checkpoint (e.g. "
+            "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224); the heads start random."
+        },
+    )
 
 
 @dataclass
@@ -221,6 +229,45 @@ class SegTrainingArguments(TrainingArguments):
     )
     eval_crop_batch_size: int = field(
         default=8, metadata={"help": "Slide mode: windows per forward pass (bounds inference memory)."}
+    )
+    # --- training (issue 5) ---
+    loss: str = field(
+        default="ce",
+        metadata={
+            "help": "Training loss: ce (cross-entropy with ignore_index), dice, or ce_dice (ce + dice_weight * dice).",
+            "choices": ["ce", "dice", "ce_dice"],
+        },
+    )
+    class_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Per-class cross-entropy weights, one per class in id order (overrides --class_weighting)."},
+    )
+    class_weighting: str = field(
+        default="none",
+        metadata={
+            "help": "Compute class weights from the training masks' pixel frequencies: none, inverse (1/freq, "
+            "normalised to mean 1) or median_frequency (median freq / freq, SegNet).",
+            "choices": ["none", "inverse", "median_frequency"],
+        },
+    )
+    class_weighting_samples: int = field(
+        default=500, metadata={"help": "Training masks read to count pixel frequencies for --class_weighting."}
+    )
+    dice_weight: float = field(default=1.0, metadata={"help": "Weight of the Dice term in --loss ce_dice."})
+    aux_loss_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the auxiliary head's loss (UperNet/BEiT/DPT with use_auxiliary_head); "
+            "default: the model config's auxiliary_loss_weight (0.4)."
+        },
+    )
+    label_smoothing: float = field(default=0.0, metadata={"help": "Cross-entropy label smoothing (0 = off)."})
+    head_lr_mult: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning-rate multiplier for the decode head (every parameter outside the pretrained "
+            "backbone); SegFormer's recipe uses 10."
+        },
     )
 
 

@@ -24,6 +24,7 @@ from hfseg.errors import strip_debug, user_errors_exit
 from hfseg.hub import write_model_card
 from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.interrupts import train
+from hfseg.losses import build_loss, training_masks
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
+    train_masks = training_masks(
+        source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
+    )
+    loss_fn = build_loss(training_args, model.config, data_args.ignore_index, train_masks)
     trainer = SegTrainer(
         model=model,
         args=training_args,
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         ignore_index=data_args.ignore_index,
         inference_options=inference_options,
+        loss_fn=loss_fn,
     )
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
     save_final_model(trainer)  # temp dir + atomic renames

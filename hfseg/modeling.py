@@ -52,8 +52,12 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     if model_args.model_type:
         if model_args.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
             raise HfsegError(_unsupported_message(model_args.model_type))
+        backbone = _pretrained_backbone(model_args, overrides)
         config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
-        return AutoModelForSemanticSegmentation.from_config(config)
+        model = AutoModelForSemanticSegmentation.from_config(config)
+        if backbone is not None:
+            model.backbone.load_state_dict(backbone.state_dict())
+        return model
     name = model_args.model_name_or_path
     if not name:
         raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
@@ -86,6 +90,46 @@ def load_segmentation_config(model_args, overrides: dict | None = None):
     return config
 
 
+def _pretrained_backbone(model_args, overrides: dict):
+    """The backbone model named by `backbone_name_or_path`; its config goes into `overrides["backbone_config"]`."""
+    name = getattr(model_args, "backbone_name_or_path", None)
+    if not name:
+        return None
+    if model_args.model_type != "upernet":
+        raise HfsegError(
+            f"--backbone_name_or_path works with --model_type upernet, not '{model_args.model_type}'; "
+            "for other models pass the whole checkpoint as --model_name_or_path"
+        )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+
+    require_hub("backbone", name)
+    requested = dict(overrides.get("backbone_config") or {})  # e.g. drop_path_rate, out_features
+    requested_type = requested.pop("model_type", None)
+    out_features = requested.pop("out_features", None) or [f"stage{i}" for i in range(1, 5)]
+    kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    if requested_type and requested_type != config.model_type:
+        raise HfsegError(
+            f"--backbone_name_or_path {name} is a '{config.model_type}' checkpoint but "
+            f"config_overrides.backbone_config asks for '{requested_type}'; make them agree"
+        )
+    for key, value in requested.items():
+        setattr(config, key, value)
+    # Not AutoBackbone.from_pretrained: it asks the Hub whether the name exists even for a local folder.
+    if type(config) not in MODEL_FOR_BACKBONE_MAPPING:
+        raise HfsegError(
+            f"--backbone_name_or_path {name} is a '{config.model_type}' checkpoint with no backbone class in "
+            "transformers; use e.g. a ConvNeXt, Swin or ResNet checkpoint"
+        )
+    config.out_features = out_features
+    try:
+        backbone = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(name, config=config, **kwargs)
+    except (ValueError, OSError) as error:
+        raise HfsegError(f"--backbone_name_or_path {name} cannot serve as a UperNet backbone: {error}") from None
+    overrides["backbone_config"] = backbone.config
+    return backbone
+
+
 def _unsupported_message(model_type: str) -> str:
     return (
         f"model type '{model_type}' has no semantic-segmentation head in transformers; supported: "
@@ -116,6 +160,8 @@ def build_image_processor(model_args):
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if hasattr(processor, "do_reduce_labels"):
         processor.do_reduce_labels = False
+    if getattr(processor, "do_center_crop", False):  # classification checkpoints crop; segmentation must not
+        processor.do_center_crop = False
     return processor
 
 

@@ -16,6 +16,7 @@ from hfseg.inference import InferenceOptions, logits_at_sizes
 from hfseg.interrupts import check_finite_loss
 from hfseg.metrics import confusion_matrix
 from hfseg.modeling import processor_input_size
+from hfseg.param_groups import no_decay_parameter_names, parameter_groups
 
 
 class SegTrainer(Trainer):
@@ -25,10 +26,19 @@ class SegTrainer(Trainer):
         ignore_index: label value never trained on nor scored (padding of labels uses it too).
         inference_options: how evaluation computes logits (whole/slide, TTA); default: from the `--eval_*`
             fields of `args`, slide defaults from the image processor's size.
-        Other arguments are `Trainer`'s.
+        loss_fn: `hfseg.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
+            None keeps the model's own loss.
+        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple.
     """
 
-    def __init__(self, *args, ignore_index: int = 255, inference_options: InferenceOptions | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        ignore_index: int = 255,
+        inference_options: InferenceOptions | None = None,
+        loss_fn=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
         self._staging_run_dir = None
@@ -36,15 +46,56 @@ class SegTrainer(Trainer):
             input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
             inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
         self.inference_options = inference_options
+        self.loss_fn = loss_fn
+        self._auxiliary_logits = None
+        if loss_fn is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
+            auxiliary_head = getattr(self.model, "auxiliary_head", None)
+            if auxiliary_head is not None:  # UperNet/BEiT/DPT return no auxiliary logits: catch them on the way
+                auxiliary_head.register_forward_hook(self._keep_auxiliary_logits)
+
+    def _keep_auxiliary_logits(self, module, inputs, output):
+        self._auxiliary_logits = output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key not in ("label_sizes", "pixel_sizes")}
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        if self.loss_fn is None or "labels" not in inputs:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        else:
+            labels = inputs.pop("labels")
+            self._auxiliary_logits = None
+            outputs = model(**inputs)
+            loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
+            self._auxiliary_logits = None
+            result = (loss, outputs) if return_outputs else loss
         if model.training:
             check_finite_loss(result[0] if return_outputs else result, self)
         return result
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Everything but biases, norm layers and position embeddings."""
+        no_decay = no_decay_parameter_names(model)
+        return [name for name, _ in model.named_parameters() if name not in no_decay]
+
+    def create_optimizer(self, model=None):
+        """The optimizer `args.optim` names, over `hfseg.param_groups.parameter_groups` (head lr x head_lr_mult)."""
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, model
+        )
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            return super().create_optimizer(model)  # optimizers that pick their own parameters (GaLore, LOMO...)
+        head_lr_mult = getattr(self.args, "head_lr_mult", 1.0)
+        groups = parameter_groups(model, self.args.learning_rate, self.args.weight_decay, head_lr_mult)
+        groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def _save_checkpoint(self, model, trial):
         """Checkpoints are written to a staging dir and renamed into place when complete."""
