@@ -127,10 +127,11 @@ def run_files_in(output_dir: str | Path) -> list[str]:
 
 
 def prepare_output_dir(training_args) -> str | None:
-    """Check `output_dir` before anything is loaded, resolve the checkpoint to resume from, mark the run incomplete.
+    """Check `output_dir` before anything is loaded and resolve the checkpoint to resume from; writes nothing
+    (`mark_incomplete` does, once the data and model are ready).
 
     Refuses an output dir that already holds another run unless `--overwrite_output_dir` is set or the run
-    resumes from a checkpoint inside it; nothing there is deleted, except a staging dir left by a crash.
+    resumes from a checkpoint inside it.
 
     Returns:
         The checkpoint directory to resume from, or None.
@@ -151,6 +152,15 @@ def prepare_output_dir(training_args) -> str | None:
             f"--output_dir {output_dir} already holds a run ({shown}); pass --resume_from_checkpoint auto to continue "
             "it, --overwrite_output_dir to write over it, or choose another --output_dir"
         )
+    return resume
+
+
+def mark_incomplete(training_args) -> None:
+    """Create `output_dir` with the incomplete marker (removed by `mark_complete`); clear a crashed save's staging
+    dir (never a complete checkpoint). Main process only."""
+    if training_args.process_index != 0:
+        return
+    output_dir = Path(training_args.output_dir)
     staging = output_dir / STAGING_DIR_NAME
     if staging.exists():
         logger.warning("removing %s left by an interrupted save (never a complete checkpoint)", staging)
@@ -161,7 +171,6 @@ def prepare_output_dir(training_args) -> str | None:
         "Resume it with the same command plus `--resume_from_checkpoint auto`.\n"
         "hfseg deletes this file after the last output is written.\n"
     )
-    return resume
 
 
 def mark_complete(output_dir: str | Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from hfseg.adapters import build_label_spec, load_source
-from hfseg.checkpoints import mark_complete, prepare_output_dir, save_final_model
+from hfseg.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
 from hfseg.determinism import seed_samples
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
-    resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir; marks this one unfinished
+    resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir, writes nothing
 
     # Source -> label spec -> transforms.
     source = load_source(data_args, seed=training_args.seed)
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         inference_options=inference_options,
         loss_fn=loss_fn,
     )
+    mark_incomplete(training_args)  # output_dir marked unfinished until its last file is written
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
     save_final_model(trainer)  # temp dir + atomic renames
     metrics = trainer.evaluate()

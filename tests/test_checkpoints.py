@@ -212,7 +212,7 @@ def test_tools_refuse_an_unfinished_output_dir(tmp_path):
 
 
 def test_auto_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
-    from hfseg.checkpoints import prepare_output_dir
+    from hfseg.checkpoints import mark_incomplete, prepare_output_dir
     from hfseg.config import parse_args
 
     output_dir = tmp_path / "out"
@@ -224,4 +224,5 @@ def test_auto_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
         prepare_output_dir(training_args)
     *_, training_args = parse_args(tiny_run_args(output_dir, "--resume_from_checkpoint", "auto"))
     assert prepare_output_dir(training_args) is None
+    mark_incomplete(training_args)  # what finetune does once data and model are ready
     assert not (output_dir / STAGING_DIR_NAME).exists()

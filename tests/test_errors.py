@@ -15,7 +15,13 @@ from conftest import ROOT, tiny_run_args
 from datasets import Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from hfseg.checkpoints import INCOMPLETE_MARKER, STAGING_DIR_NAME, latest_complete_checkpoint, prepare_output_dir
+from hfseg.checkpoints import (
+    INCOMPLETE_MARKER,
+    STAGING_DIR_NAME,
+    latest_complete_checkpoint,
+    mark_incomplete,
+    prepare_output_dir,
+)
 from hfseg.config import parse_args
 from hfseg.errors import HfsegError
 from hfseg.finetune import main
@@ -197,6 +203,8 @@ def test_overwrite_output_dir_and_resume_are_allowed(tmp_path):
     assert prepare_output_dir(training_args) is None
     *_, training_args = parse_args(tiny_run_args(output_dir, "--resume_from_checkpoint", "auto"))
     assert prepare_output_dir(training_args) == str(output_dir / "checkpoint-2")
+    assert not (output_dir / INCOMPLETE_MARKER).exists()  # checks write nothing
+    mark_incomplete(training_args)
     assert (output_dir / INCOMPLETE_MARKER).exists()
 
 
