@@ -38,6 +38,19 @@ TINY_UPERNET = {
     "pool_scales": [1, 2],
 }
 
+TINY_UPERNET_SWIN = {
+    **TINY_UPERNET,
+    "backbone_config": {
+        "model_type": "swin",
+        "embed_dim": 8,
+        "depths": [1, 1, 1, 1],
+        "num_heads": [1, 1, 1, 1],
+        "window_size": 2,
+        "image_size": 64,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    },
+}
+
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):

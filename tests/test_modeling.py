@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_SEGFORMER, TINY_UPERNET
+from conftest import TINY_SEGFORMER, TINY_UPERNET, TINY_UPERNET_SWIN
 
 from hfseg.config import ModelArguments
 from hfseg.errors import HfsegError
@@ -15,20 +15,7 @@ from hfseg.modeling import build_model
 TINY_ZOO = {
     "segformer": TINY_SEGFORMER,
     "upernet": TINY_UPERNET,
-    "upernet_swin": {
-        "backbone_config": {
-            "model_type": "swin",
-            "embed_dim": 8,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 1, 1, 1],
-            "window_size": 2,
-            "image_size": 64,
-            "out_features": ["stage1", "stage2", "stage3", "stage4"],
-        },
-        "hidden_size": 16,
-        "auxiliary_channels": 8,
-        "pool_scales": [1, 2],
-    },
+    "upernet_swin": TINY_UPERNET_SWIN,
     "dpt": {
         "hidden_size": 32,
         "num_hidden_layers": 4,

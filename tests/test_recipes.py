@@ -5,23 +5,12 @@ import json
 
 import pytest
 import yaml
-from conftest import TINY_SEGFORMER, TINY_UPERNET
+from conftest import TINY_SEGFORMER, TINY_UPERNET, TINY_UPERNET_SWIN
 
 from hfseg.config import RECIPES_DIR, load_recipe, parse_args
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
-TINY_SWIN_UPERNET = {
-    **TINY_UPERNET,
-    "backbone_config": {
-        "model_type": "swin",
-        "embed_dim": 8,
-        "depths": [1, 1, 1, 1],
-        "num_heads": [1, 1, 1, 1],
-        "window_size": 2,
-        "image_size": 64,
-        "out_features": ["stage1", "stage2", "stage3", "stage4"],
-    },
-}
+
 TINY_MOBILENET_V2 = {"image_size": 64, "depth_multiplier": 0.25, "min_depth": 4, "output_stride": 16}
 
 
@@ -29,7 +18,7 @@ def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
     """(model_type, config_overrides) of a tiny model of the recipe's family."""
     if recipe.get("model_type") == "upernet":
         backbone = json.loads(recipe["config_overrides"])["backbone_config"]["model_type"]
-        return "upernet", TINY_SWIN_UPERNET if backbone == "swin" else TINY_UPERNET
+        return "upernet", TINY_UPERNET_SWIN if backbone == "swin" else TINY_UPERNET
     name = recipe.get("model_name_or_path") or recipe.get("model_type")
     if "mobilenet_v2" in name:
         return "mobilenet_v2", TINY_MOBILENET_V2
