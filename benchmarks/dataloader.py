@@ -10,15 +10,22 @@ reduced), through a `torch.utils.data.DataLoader` with 1 and 2 workers, and prod
 The first batch (worker start-up) is not timed. The B0 step (SegformerConfig(), 150 labels, 512x512, same
 batch size, forward + backward + AdamW) gives the rate the pipeline has to sustain.
 
-    python benchmarks/dataloader.py          # 64 images, batch 4, workers 1 and 2, 512 crops
+    python benchmarks/dataloader.py          # 48 images, batch 4, workers 1 and 2, 512 crops
     python benchmarks/dataloader.py --quick  # CI-sized
 """
 
 from __future__ import annotations
 
-import json
-
-from common import base_parser, child_report, format_table, machine_info, machine_line, ratio, run_child, write_results
+from common import (
+    base_parser,
+    child_main,
+    format_table,
+    machine_info,
+    machine_line,
+    ratio,
+    run_configurations,
+    write_results,
+)
 
 NAME = "dataloader"
 TINY_SEGFORMER = {
@@ -153,10 +160,11 @@ def run_configuration(config: dict) -> dict:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--num_images", type=int, default=None, help="Images in the data set (default 48).")
     parser.add_argument("--workers", type=int, nargs="+", default=None, help="DataLoader worker counts to try.")
     args = parser.parse_args()
     if args.child:
-        child_report(run_configuration(json.loads(args.child)))
+        child_main(run_configuration, args.child)
         return
 
     if args.quick:
@@ -164,26 +172,28 @@ def main() -> None:
         workers = args.workers or [1]
         step = {"steps": 1, "warmup": 1}
     else:
-        base = {"num_images": 64, "base_size": [512, 683], "crop_size": 512, "batch_size": 4, "model": "b0"}
+        base = {
+            "num_images": args.num_images or 48,
+            "base_size": [512, 683],
+            "crop_size": 512,
+            "batch_size": 4,
+            "model": "b0",
+        }
         workers = args.workers or [1, 2]
         step = {"steps": 2, "warmup": 1}
     info = machine_info()
     print(machine_line(info), flush=True)
-    results = []
-    train = run_child(f"{NAME}.py", {**base, **step, "method": "train_step"})
-    print(json.dumps(train), flush=True)
-    results.append(train)
+    configs = [{**base, **step, "method": "train_step"}]
+    configs += [{**base, "method": method, "workers": count} for count in workers for method in ("ours", "guide")]
+    results = run_configurations(f"{NAME}.py", configs, isolated=not args.quick)
+    for config, result in zip(configs, results, strict=True):
+        result.setdefault("method", config["method"])
+        result.setdefault("workers", config.get("workers"))
+    train = results[0]
     train_rate = train.get("images_per_s")
     rows = []
     for count in workers:
-        by_method = {}
-        for method in ("ours", "guide"):
-            result = run_child(f"{NAME}.py", {**base, "method": method, "workers": count})
-            result.setdefault("method", method)
-            result.setdefault("workers", count)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-            by_method[method] = result
+        by_method = {r["method"]: r for r in results[1:] if r["workers"] == count}
         ours, guide = by_method["ours"].get("images_per_s"), by_method["guide"].get("images_per_s")
         rows.append([count, ours, guide, ratio(ours, guide), train_rate, ratio(ours, train_rate)])
     headers = ["workers", "ours img/s", "guide img/s", "ours/guide", f"{base['model']} train img/s", "ours/train"]

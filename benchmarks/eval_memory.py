@@ -5,27 +5,25 @@ labels resized to the model's input size, a plain `Trainer` that keeps every eva
 upsamples all logits at once, argmaxes them and computes `evaluate`'s `mean_iou` (its formula, in numpy:
 `evaluate.load` needs the network; the real one also copies every prediction into Arrow, so this baseline is
 a lower bound of its cost). Ours: `SegTrainer.evaluate` with `TrainerSegmentationMetrics`, labels at their own
-size. Each (method, N) runs in a fresh process whose peak RSS is read at `wait4`.
+size. Each (method, N) runs in a fresh process; its peak RSS is the figure (`getrusage`, as it ends).
 
-    python benchmarks/eval_memory.py            # default: B0 (SegformerConfig()), 150 labels, N = 10, 20, 40
+    python benchmarks/eval_memory.py            # B0 (SegformerConfig()), 150 labels, N = 4, 8, 16, eval batch 2
     python benchmarks/eval_memory.py --full     # the issue's N = 50, 200, 500 (baseline skipped where RAM is short)
     python benchmarks/eval_memory.py --quick    # CI-sized
 """
 
 from __future__ import annotations
 
-import json
-
 from common import (
     available_memory_bytes,
     base_parser,
-    child_report,
+    child_main,
     current_rss_mb,
     format_table,
     machine_info,
     machine_line,
     ratio,
-    run_child,
+    run_configurations,
     write_results,
 )
 
@@ -201,10 +199,10 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="The issue's sizes: N = 50, 200, 500 (slow).")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="Numbers of images N to evaluate.")
-    parser.add_argument("--batch_size", type=int, default=4, help="per_device_eval_batch_size (both methods).")
+    parser.add_argument("--batch_size", type=int, default=2, help="per_device_eval_batch_size (both methods).")
     args = parser.parse_args()
     if args.child:
-        child_report(run_configuration(json.loads(args.child)))
+        child_main(run_configuration, args.child)
         return
 
     if args.quick:
@@ -212,31 +210,31 @@ def main() -> None:
         sizes = args.sizes or [4]
     else:
         base = {"model": "b0", "num_labels": 150, "input_size": 512, "base_size": [512, 683]}
-        sizes = args.sizes or ([50, 200, 500] if args.full else [10, 20, 40])
+        sizes = args.sizes or ([50, 200, 500] if args.full else [4, 8, 16])
     base["batch_size"] = args.batch_size
     info = machine_info()
     print(machine_line(info), flush=True)
 
-    rows, results = [], []
+    configs, skipped = [], []
     for n in sizes:
-        by_method = {}
-        for method in ("ours", "baseline"):
-            config = {**base, "method": method, "n": n}
-            needed = estimated_baseline_bytes(n, base["num_labels"], base["input_size"])
-            if method == "baseline" and needed > 0.8 * available_memory_bytes():
-                result = {
-                    "method": method,
-                    "n": n,
-                    "skipped": f"needs ~{needed / 2**30:.0f} GiB, {available_memory_bytes() / 2**30:.0f} GiB free",
-                }
-            else:
-                result = run_child(f"{NAME}.py", config)
-                result.setdefault("method", method)
-                result.setdefault("n", n)
-            print(json.dumps(result), flush=True)
-            by_method[method] = result
-            results.append(result)
-        ours, baseline = by_method["ours"], by_method["baseline"]
+        configs.append({**base, "method": "ours", "n": n})
+        needed = estimated_baseline_bytes(n, base["num_labels"], base["input_size"])
+        if needed > 0.8 * available_memory_bytes():
+            free = available_memory_bytes() / 2**30
+            skipped.append(
+                {"method": "baseline", "n": n, "skipped": f"needs ~{needed / 2**30:.0f} GiB, {free:.0f} free"}
+            )
+        else:
+            configs.append({**base, "method": "baseline", "n": n})
+    results = run_configurations(f"{NAME}.py", configs, isolated=not args.quick) + skipped
+    for result, config in zip(results, configs, strict=False):
+        result.setdefault("method", config["method"])
+        result.setdefault("n", config["n"])
+
+    rows = []
+    for n in sizes:
+        ours = next(r for r in results if r["n"] == n and r["method"] == "ours")
+        baseline = next(r for r in results if r["n"] == n and r["method"] == "baseline")
         rows.append(
             [
                 n,
@@ -248,14 +246,36 @@ def main() -> None:
                 ratio(ours.get("eval_s"), baseline.get("eval_s")),
             ]
         )
+    growth = {method: memory_growth([r for r in results if r["method"] == method]) for method in ("ours", "baseline")}
     headers = ["N", "ours peak MB", "baseline peak MB", "mem ours/base", "ours s", "baseline s", "time ours/base"]
     print(f"\n{NAME}: SegFormer {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
           f"input {base['input_size']}, eval batch {args.batch_size}")  # fmt: skip
     print(format_table(headers, rows))
+    for method, fit in growth.items():
+        if fit:
+            print(f"{method}: peak RSS ~ {fit['intercept_mb']:.0f} MB + {fit['mb_per_image']:.1f} MB x N "
+                  f"(fit over N = {fit['fitted_sizes']}; at N = 500: ~{fit['at_500_mb'] / 1024:.1f} GB)")  # fmt: skip
     print(machine_line(info))
-    path = write_results(NAME, args, {"machine": info, "settings": base, "results": results, "table": {
-        "headers": headers, "rows": rows}})  # fmt: skip
+    payload = {"machine": info, "settings": base, "results": results, "memory_growth": growth}
+    path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})
     print(f"wrote {path}")
+
+
+def memory_growth(results: list[dict]) -> dict | None:
+    """Least-squares line peak_rss_mb = intercept + slope * N over the measured sizes (None under 2 sizes)."""
+    points = [(r["n"], r["peak_rss_mb"]) for r in results if isinstance(r.get("peak_rss_mb"), (int, float))]
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_m = sum(m for _, m in points) / len(points)
+    slope = sum((n - mean_n) * (m - mean_m) for n, m in points) / sum((n - mean_n) ** 2 for n, _ in points)
+    intercept = mean_m - slope * mean_n
+    return {
+        "mb_per_image": round(slope, 2),
+        "intercept_mb": round(intercept, 1),
+        "fitted_sizes": sorted(n for n, _ in points),
+        "at_500_mb": round(intercept + 500 * slope, 0),
+    }
 
 
 if __name__ == "__main__":

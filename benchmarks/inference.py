@@ -8,24 +8,22 @@ its image processor (no download), predicts the same ADE20K-sized images:
   one PIL mask per class present.
 Each (method, mode) runs in a fresh process; one warm-up image is not timed.
 
-    python benchmarks/inference.py          # B0, 24 images ~512x683, batch 8
+    python benchmarks/inference.py          # B0, 16 images ~512x683, batch 8
     python benchmarks/inference.py --quick  # CI-sized
 """
 
 from __future__ import annotations
 
-import json
-
 from common import (
     ROOT,
     base_parser,
-    child_report,
+    child_main,
     current_rss_mb,
     format_table,
     machine_info,
     machine_line,
     ratio,
-    run_child,
+    run_configurations,
     write_results,
 )
 
@@ -153,26 +151,32 @@ def mode_kwargs(config: dict) -> dict:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--num_images", type=int, default=None, help="Images to predict (default 16).")
     parser.add_argument("--batch_size", type=int, default=8, help="hfseg prediction batch size.")
     args = parser.parse_args()
     if args.child:
-        child_report(run_configuration(json.loads(args.child)))
+        child_main(run_configuration, args.child)
         return
 
     if args.quick:
         base = {"model": "tiny", "num_labels": 10, "input_size": 64, "base_size": [64, 86], "num_images": 4}
     else:
-        base = {"model": "b0", "num_labels": 150, "input_size": 512, "base_size": [512, 683], "num_images": 24}
+        base = {
+            "model": "b0",
+            "num_labels": 150,
+            "input_size": 512,
+            "base_size": [512, 683],
+            "num_images": args.num_images or 16,
+        }
     base["batch_size"] = args.batch_size
     info = machine_info()
     print(machine_line(info), flush=True)
     modes = detected_modes()
-    results = [run_child(f"{NAME}.py", {**base, "method": "pipeline"})]
-    print(json.dumps(results[0]), flush=True)
-    for mode in modes:
-        result = run_child(f"{NAME}.py", {**base, "method": "hfseg", "mode": mode})
-        print(json.dumps(result), flush=True)
-        results.append(result)
+    configs = [{**base, "method": "pipeline"}] + [{**base, "method": "hfseg", "mode": mode} for mode in modes]
+    results = run_configurations(f"{NAME}.py", configs, isolated=not args.quick)
+    for config, result in zip(configs, results, strict=True):
+        result.setdefault("method", config["method"])
+        result.setdefault("mode", config.get("mode", "whole"))
     baseline = results[0]
     rows = []
     for result in results:

@@ -12,10 +12,18 @@ included; the first `--warmup` steps of each run are dropped.
 
 from __future__ import annotations
 
-import json
 import statistics
 
-from common import base_parser, child_report, format_table, machine_info, machine_line, ratio, run_child, write_results
+from common import (
+    base_parser,
+    child_main,
+    format_table,
+    machine_info,
+    machine_line,
+    ratio,
+    run_configurations,
+    write_results,
+)
 
 NAME = "train_overhead"
 TINY_SEGFORMER = {
@@ -142,24 +150,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="Alternating bare/ours runs per configuration.")
     args = parser.parse_args()
     if args.child:
-        child_report(run_configuration(json.loads(args.child)))
+        child_main(run_configuration, args.child)
         return
 
     if args.quick:
         configurations = [{"model": "tiny", "crop_size": 32, "batch_size": 2, "steps": 3, "warmup": 1, "rounds": 1}]
     else:
         configurations = [
-            {"model": "b0", "crop_size": 256, "batch_size": 2, "steps": 6, "warmup": 2, "rounds": 3},
-            {"model": "tiny", "crop_size": 64, "batch_size": 8, "steps": 30, "warmup": 5, "rounds": 3},
+            {"model": "b0", "crop_size": 256, "batch_size": 2, "steps": 4, "warmup": 1, "rounds": 3},
+            {"model": "tiny", "crop_size": 64, "batch_size": 8, "steps": 20, "warmup": 3, "rounds": 3},
         ]
     info = machine_info()
     print(machine_line(info), flush=True)
-    rows, results = [], []
-    for config in configurations:
-        config = {**config, "num_labels": 150, "rounds": args.rounds or config["rounds"]}
-        result = run_child(f"{NAME}.py", config)
-        print(json.dumps({k: v for k, v in result.items() if not k.endswith("step_times")}), flush=True)
-        results.append(result)
+    configurations = [{**c, "num_labels": 150, "rounds": args.rounds or c["rounds"]} for c in configurations]
+    results = run_configurations(f"{NAME}.py", configurations, isolated=not args.quick)
+    rows = []
+    for config, result in zip(configurations, results, strict=True):
         overhead = ratio(result.get("ours_s_per_step"), result.get("bare_s_per_step"))
         rows.append(
             [
