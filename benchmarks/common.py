@@ -105,7 +105,12 @@ def machine_line(info: dict) -> str:
         f"machine: {info['cpu_model']}, {info['usable_cores']} cores, {info['memory_total_gb']} GB RAM, "
         f"load {info['load_average_at_start']}, torch {info.get('torch')}, "
         f"transformers {info.get('transformers')}, device {info['device']}"
-    )
+    ) + (" -- BUSY: load above the core count, timings are noisy" if is_busy(info) else "")
+
+
+def is_busy(info: dict) -> bool:
+    """Whether other work competed for the CPU when the benchmark started (1-minute load > usable cores)."""
+    return info["load_average_at_start"][0] > info["usable_cores"]
 
 
 # --- child processes -------------------------------------------------------------------------------------------
@@ -258,6 +263,12 @@ def write_results(name: str, args, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([f"benchmarks/{name}.py", *sys.argv[1:]])
     document = {"benchmark": name, "quick": bool(args.quick), "command": command, **payload}
+    if "machine" in document:
+        document["machine"] = {
+            **document["machine"],
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+            "busy": is_busy(document["machine"]),
+        }
     path.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
     return path
 

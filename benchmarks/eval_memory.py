@@ -123,8 +123,8 @@ def run_configuration(config: dict) -> dict:
         )
 
         def transform(image, labels):
-            pixel, mask = resize(tv_tensors.Image(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)),
-                                 tv_tensors.Mask(torch.from_numpy(labels).long()[None]))  # fmt: skip
+            image = tv_tensors.Image(torch.from_numpy(np.asarray(image)).permute(2, 0, 1))
+            pixel, mask = resize(image, tv_tensors.Mask(torch.from_numpy(labels).long()[None]))
             return pixel.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0]
 
     class Samples(torch.utils.data.Dataset):
@@ -248,13 +248,17 @@ def main() -> None:
         )
     growth = {method: memory_growth([r for r in results if r["method"] == method]) for method in ("ours", "baseline")}
     headers = ["N", "ours peak MB", "baseline peak MB", "mem ours/base", "ours s", "baseline s", "time ours/base"]
-    print(f"\n{NAME}: SegFormer {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
-          f"input {base['input_size']}, eval batch {args.batch_size}")  # fmt: skip
+    setting = (
+        f"SegFormer {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
+        f"input {base['input_size']}, eval batch {args.batch_size}"
+    )
+    print(f"\n{NAME}: {setting}")
     print(format_table(headers, rows))
     for method, fit in growth.items():
         if fit:
-            print(f"{method}: peak RSS ~ {fit['intercept_mb']:.0f} MB + {fit['mb_per_image']:.1f} MB x N "
-                  f"(fit over N = {fit['fitted_sizes']}; at N = 500: ~{fit['at_500_mb'] / 1024:.1f} GB)")  # fmt: skip
+            sizes = fit["fitted_sizes"]
+            line = f"{fit['intercept_mb']:.0f} MB + {fit['mb_per_image']:.1f} MB x N (fit over N = {sizes})"
+            print(f"{method}: peak RSS ~ {line}; at N = 500: ~{fit['at_500_mb'] / 1024:.1f} GB")
     print(machine_line(info))
     payload = {"machine": info, "settings": base, "results": results, "memory_growth": growth}
     path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})

@@ -192,14 +192,17 @@ def main() -> None:
         )
     headers = ["method", "images/s", "speed vs pipeline", "peak RSS MB", "memory vs pipeline"]
     missing = [mode for mode in ("slide", "tta") if mode not in modes]
-    print(f"\n{NAME}: SegFormer {base['model']}, {base['num_labels']} labels, {base['num_images']} images "
-          f"~{base['base_size']}, input {base['input_size']}, hfseg batch {args.batch_size}")  # fmt: skip
+    setting = (
+        f"SegFormer {base['model']}, {base['num_labels']} labels, {base['num_images']} images ~{base['base_size']}, "
+        f"input {base['input_size']}, hfseg batch {args.batch_size}"
+    )
+    print(f"\n{NAME}: {setting}")
     print(format_table(headers, rows))
     if missing:
         print(f"not measured (not in hfseg.inference yet): {', '.join(missing)}")
     print(machine_line(info))
-    path = write_results(NAME, args, {"machine": info, "settings": base, "modes": list(modes), "modes_missing":
-        missing, "results": results, "table": {"headers": headers, "rows": rows}})  # fmt: skip
+    payload = {"machine": info, "settings": base, "modes": list(modes), "modes_missing": missing, "results": results}
+    path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})
     print(f"wrote {path}")
 
 

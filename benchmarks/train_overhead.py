@@ -157,8 +157,8 @@ def main() -> None:
         configurations = [{"model": "tiny", "crop_size": 32, "batch_size": 2, "steps": 3, "warmup": 1, "rounds": 1}]
     else:
         configurations = [
-            {"model": "b0", "crop_size": 256, "batch_size": 2, "steps": 4, "warmup": 1, "rounds": 3},
-            {"model": "tiny", "crop_size": 64, "batch_size": 8, "steps": 20, "warmup": 3, "rounds": 3},
+            {"model": "b0", "crop_size": 256, "batch_size": 2, "steps": 3, "warmup": 1, "rounds": 2},
+            {"model": "tiny", "crop_size": 64, "batch_size": 8, "steps": 15, "warmup": 3, "rounds": 2},
         ]
     info = machine_info()
     print(machine_line(info), flush=True)
