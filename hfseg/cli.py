@@ -6,6 +6,7 @@ import sys
 
 SUBCOMMANDS = {
     "finetune": ("hfseg.finetune", "fine-tune a model (same flags as hfseg/finetune.py)"),
+    "doctor": ("hfseg.doctor", "check a data source (pairs, sizes, label values) before training on it"),
 }
 
 

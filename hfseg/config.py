@@ -95,6 +95,70 @@ class DataArguments:
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal-flip probability in training."})
     photometric: bool = field(default=True, metadata={"help": "Brightness/contrast/saturation/hue distortion."})
     num_preview_images: int = field(default=4, metadata={"help": "Validation images in predictions.png."})
+    # --- dataset adapters ---
+    label_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Remap raw mask values: a JSON object {raw: final id} or a path to one; use the ignore index "
+            "as the final id to drop a value. Replaces the layout's own table."
+        },
+    )
+    palette_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Colours of colour-coded RGB masks: JSON {id: [R, G, B]} or 'R G B name' lines (line = id). "
+            "Gives the class names too when they are in the file."
+        },
+    )
+    image_dir: str | None = field(
+        default=None, metadata={"help": "--layout folder: images folder, relative to --data_dir (default: detected)."}
+    )
+    mask_dir: str | None = field(
+        default=None, metadata={"help": "--layout folder: masks folder, relative to --data_dir (default: detected)."}
+    )
+    image_suffix: str | None = field(
+        default=None, metadata={"help": "--layout folder: end of image stems to strip when pairing, e.g. _img."}
+    )
+    mask_suffix: str | None = field(
+        default=None, metadata={"help": "--layout folder: end of mask stems to strip when pairing, e.g. _gt or _P."}
+    )
+    split_dir: str | None = field(
+        default=None,
+        metadata={"help": "--layout folder: folder of NAME.txt split files (one stem per line); default: splits/."},
+    )
+    pairs_file: str | None = field(
+        default=None,
+        metadata={"help": "--layout folder: CSV (image,mask[,split]) or JSON list of pairs instead of folders."},
+    )
+    cityscapes_mask: str = field(
+        default="labelIds",
+        metadata={"help": "--layout cityscapes: labelIds (mapped to the 19 train ids) or labelTrainIds (as given)."},
+    )
+    trimap_mapping: str = field(
+        default="binary",
+        metadata={
+            "help": "--layout pets: binary (border ignored), border_as_pet, or three_class (background/pet/border)."
+        },
+    )
+    voc_augmented: bool = field(
+        default=False,
+        metadata={"help": "--layout voc: train on the SBD-augmented set (SegmentationClassAug/, train_aug.txt)."},
+    )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={"help": "Skip pairs the data check finds broken (and report them) instead of stopping."},
+    )
+    check_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Pairs per split the check before training decodes (-1 = all, 0 = none); file pairing is "
+            "always checked. `hfseg doctor` checks everything."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream a Hub data set instead of downloading it (IterableDataset; needs --max_steps)."},
+    )
 
 
 @dataclass

@@ -6,6 +6,7 @@ accelerate launch hfseg/finetune.py --recipe demo [--field value ...]
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import sys
@@ -13,13 +14,13 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from hfseg.adapters import load_source
+from hfseg.adapters import build_label_spec, load_source
 from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
+from hfseg.doctor import check_source
 from hfseg.errors import strip_debug, user_errors_exit
 from hfseg.hub import write_model_card
 from hfseg.inference import predict_masks
-from hfseg.labels import LabelSpec
 from hfseg.metrics import TrainerSegmentationMetrics
 from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.preprocess import attach_transform, encode_pair
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Source -> label spec -> transforms.
     source = load_source(data_args, seed=training_args.seed)
-    reduce_labels = data_args.reduce_labels if data_args.reduce_labels is not None else bool(source.reduce_labels)
-    spec = LabelSpec(source.id2label, data_args.ignore_index, reduce_labels, source.label_map)
+    spec = build_label_spec(source, data_args)
+    check_source(source, spec, data_args)  # stops on broken pairs, or drops them with --skip_bad_samples
     processor = build_image_processor(model_args)
     mean, std = processor_mean_std(processor)
     train_transform = TrainTransform(
@@ -95,8 +96,7 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
     config_path = save_resolved_config(output_dir, *arguments)
     preview_rows = []
     validation = source.dataset["validation"]
-    for index in range(min(num_preview, len(validation))):
-        row = validation[index]
+    for index, row in enumerate(itertools.islice(validation, num_preview)):  # streamed sources have no len()
         image, truth = encode_pair(row[source.image_column], row[source.label_column], spec, f"validation row {index}")
         preview_rows.append((image, truth))
     if preview_rows:

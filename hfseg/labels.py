@@ -43,6 +43,15 @@ class LabelSpec:
         if self.label_map:
             self.label_map = {int(k): int(v) for k, v in self.label_map.items()}
 
+    def decode(self, mask: Image.Image, source: str = "mask") -> np.ndarray:
+        """PIL mask -> (H, W) raw values: colour-coded RGB masks through the palette, others as `decode_mask`.
+
+        Palette ('P') masks always give their indices: their colours are only a display convention.
+        """
+        if self.palette and mask.mode in ("RGB", "RGBA") and not _equal_channels(mask):
+            return colour_to_index(np.asarray(mask.convert("RGB")), self.palette, source)
+        return decode_mask(mask, source)
+
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
@@ -80,14 +89,23 @@ class LabelSpec:
         self.validate(labels, source)
         return labels
 
-    def validate(self, labels: np.ndarray, source: str = "mask") -> None:
+    def invalid_values(self, labels: np.ndarray) -> list[int]:
+        """Final label values that are neither a class id nor the ignore index (at most 8, sorted)."""
         bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_labels))
-        if bad.any():
-            values = sorted({int(v) for v in np.unique(labels[bad])})[:8]
-            hint = "set --reduce_labels" if not self.reduce_labels and 0 not in self.id2label else "set --label_map"
+        return sorted({int(v) for v in np.unique(labels[bad])})[:8] if bad.any() else []
+
+    def fix_hint(self, values: list[int] = ()) -> str:
+        """What to change when a mask has the final label `values` outside id2label."""
+        if not self.reduce_labels and not self.label_map and values and max(values) == self.num_labels:
+            return "set --reduce_labels (the values look 1-based with 0 = unlabelled), or --label_map"
+        return "set --label_map {raw: final id} (the ignore index as final id drops a value), or fix --id2label_file"
+
+    def validate(self, labels: np.ndarray, source: str = "mask") -> None:
+        values = self.invalid_values(labels)
+        if values:
             raise HfsegError(
                 f"{source} has label values {values} but num_labels={self.num_labels} "
-                f"(ignore_index={self.ignore_index}); {hint}, or fix id2label"
+                f"(ignore_index={self.ignore_index}); {self.fix_hint(values)}"
             )
 
 
@@ -114,9 +132,8 @@ def decode_mask(mask: Image.Image, source: str = "mask") -> np.ndarray:
     if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
         return np.asarray(mask).astype(np.int64)
     if mask.mode in ("RGB", "RGBA", "LA"):
-        array = np.asarray(mask.convert("RGB"))
-        if (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
-            return array[..., 0].astype(np.int64)
+        if _equal_channels(mask):
+            return np.asarray(mask.convert("RGB"))[..., 0].astype(np.int64)
         raise HfsegError(
             f"{source} is a colour-coded RGB mask, but an index mask was expected; "
             "give the colour palette (--palette_file) or convert the masks to class indices"
@@ -130,3 +147,86 @@ def load_rgb(image: Image.Image) -> Image.Image:
 
     image = ImageOps.exif_transpose(image) or image
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _equal_channels(mask: Image.Image) -> bool:
+    """True for a mask whose R, G and B are equal everywhere (an index mask saved as RGB)."""
+    array = np.asarray(mask.convert("RGB"))
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
+
+
+def colour_to_index(rgb: np.ndarray, palette: dict[int, tuple[int, int, int]], source: str = "mask") -> np.ndarray:
+    """(H, W, 3) uint8 colours -> (H, W) int64 ids through `palette` (id -> (R, G, B)).
+
+    Raises:
+        HfsegError: a colour that is not in the palette, naming `source`, the colours and the fix.
+    """
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in palette.items()}
+    keys = np.array(sorted(table), dtype=np.int64)
+    values = np.array([table[key] for key in keys], dtype=np.int64)
+    position = np.clip(np.searchsorted(keys, codes), 0, len(keys) - 1)
+    known = keys[position] == codes
+    if not known.all():
+        unknown = [tuple(int(c) for c in rgb[y, x]) for y, x in zip(*np.nonzero(~known), strict=True)]
+        colours = sorted(set(unknown))[:5]
+        raise HfsegError(
+            f"{source} has colours {colours} that are not in the palette ({len(palette)} colours); "
+            "add them to --palette_file (use the ignore index as their id to skip them)"
+        )
+    return values[position]
+
+
+def load_palette(path: str | Path) -> tuple[dict[int, tuple[int, int, int]], dict[int, str] | None]:
+    """Read a colour palette: `(palette id -> (R, G, B), id2label or None)`.
+
+    Formats: JSON `{id: [R, G, B]}`, JSON `[{"id": 0, "name": "road", "color": [R, G, B]}, ...]`, or a text
+    file of `R G B [name]` lines (CamVid's `label_colors.txt`) whose line order gives the ids.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise HfsegError(f"--palette_file {path}: cannot read it ({error})") from None
+    palette, names = {}, {}
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+            entries = data.items() if isinstance(data, dict) else ((e["id"], e) for e in data)
+            for key, value in entries:
+                colour = value.get("color", value.get("colour")) if isinstance(value, dict) else value
+                palette[int(key)] = tuple(int(c) for c in colour)
+                if isinstance(value, dict) and "name" in value:
+                    names[int(key)] = str(value["name"])
+        else:
+            lines = [line.split(maxsplit=3) for line in text.splitlines() if line.strip()]
+            for index, parts in enumerate(lines):
+                palette[index] = tuple(int(c) for c in parts[:3])
+                if len(parts) > 3:
+                    names[index] = parts[3].strip()
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise HfsegError(
+            f"--palette_file {path}: cannot parse it ({error!r}); use JSON {{id: [R, G, B]}} or 'R G B name' lines"
+        ) from None
+    if any(len(colour) != 3 or not all(0 <= c <= 255 for c in colour) for colour in palette.values()):
+        raise HfsegError(f"--palette_file {path}: every colour must be three values 0..255")
+    if len(set(palette.values())) != len(palette):
+        raise HfsegError(f"--palette_file {path}: the same colour is listed for two ids")
+    return palette, (names or None)
+
+
+def load_label_map(value: str | dict | None) -> dict[int, int] | None:
+    """`--label_map`: a JSON object `{raw: final}` given inline or as a path to a JSON file."""
+    if value is None or isinstance(value, dict):
+        return {int(k): int(v) for k, v in value.items()} if value else None
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text()
+        except OSError as error:
+            raise HfsegError(f"--label_map {value}: not a JSON object and not a readable file ({error})") from None
+    try:
+        data = json.loads(text)
+        return {int(k): int(v) for k, v in data.items()}
+    except (json.JSONDecodeError, AttributeError, ValueError) as error:
+        raise HfsegError(f"--label_map {value}: expected a JSON object {{raw value: final id}} ({error})") from None

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from datasets import Dataset
+import torch
+from datasets import Dataset, IterableDataset
 
 from hfseg.errors import HfsegError
-from hfseg.labels import LabelSpec, decode_mask, load_rgb
+from hfseg.labels import LabelSpec, load_rgb
 
 
 def describe(image, fallback: str) -> str:
@@ -22,7 +23,7 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked."""
     name = describe(mask, source)
     rgb = load_rgb(image)
-    labels = spec.encode(decode_mask(mask, name), name)
+    labels = spec.encode(spec.decode(mask, name), name)
     if labels.shape != (rgb.height, rgb.width):
         raise HfsegError(
             f"{name}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {describe(image, source)} is "
@@ -51,5 +52,21 @@ class RowTransform:
 
 
 def attach_transform(dataset: Dataset, image_column: str, label_column: str, spec: LabelSpec, transform) -> Dataset:
-    """The dataset, decoding and transforming lazily on access."""
-    return dataset.with_transform(RowTransform(image_column, label_column, spec, transform))
+    """The dataset, decoding and transforming lazily on access (a streamed one as it is iterated)."""
+    row_transform = RowTransform(image_column, label_column, spec, transform)
+    if isinstance(dataset, IterableDataset):
+        return StreamedPairs(dataset, row_transform)
+    return dataset.with_transform(row_transform)
+
+
+class StreamedPairs(torch.utils.data.IterableDataset):
+    """A streamed `datasets.IterableDataset` as model inputs, row by row (train with --max_steps)."""
+
+    def __init__(self, dataset: IterableDataset, row_transform: RowTransform):
+        self.dataset = dataset
+        self.row_transform = row_transform
+
+    def __iter__(self):
+        for row in self.dataset:  # datasets shards the stream across DataLoader workers itself
+            example = self.row_transform({key: [value] for key, value in row.items()})
+            yield {"pixel_values": example["pixel_values"][0], "labels": example["labels"][0]}

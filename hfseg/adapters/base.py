@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict, Features, Image
 
 from hfseg.errors import HfsegError
 
@@ -21,6 +21,9 @@ class SourceData:
         id2label: class names of the final labels, when the source knows them (else None).
         reduce_labels: the source's own convention when it has one (ADE20K: True); None = use the flag.
         label_map: raw value -> final id table the source needs (Cityscapes labelIds), if any.
+        palette: palette id -> (R, G, B) for colour-coded masks, if any.
+        problems: what the adapter found while pairing files (an image without a mask, ...): `hfseg doctor`
+            reports them and training stops on them unless --skip_bad_samples.
     """
 
     dataset: DatasetDict
@@ -29,6 +32,21 @@ class SourceData:
     id2label: dict[int, str] | None
     reduce_labels: bool | None = None
     label_map: dict[int, int] | None = None
+    palette: dict[int, tuple[int, int, int]] | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a source: the file, what was found, and the fix."""
+
+    kind: str
+    file: str
+    found: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.found}; {self.fix}"
 
 
 def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> DatasetDict:
@@ -57,3 +75,21 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
                 "and the data source"
             )
     return DatasetDict(splits)
+
+
+def pairs_to_dataset(pairs: dict[str, list[tuple[str, str]]]) -> DatasetDict:
+    """`{split: [(image path, mask path), ...]}` -> DatasetDict of lazily decoded `image`/`annotation` columns.
+
+    Only the paths are stored; images are opened when a row is read.
+    """
+    features = Features({"image": Image(), "annotation": Image()})
+    return DatasetDict(
+        {
+            split: Dataset.from_dict(
+                {"image": [str(image) for image, _ in rows], "annotation": [str(mask) for _, mask in rows]},
+                features=features,
+            )
+            for split, rows in pairs.items()
+            if rows
+        }
+    )

@@ -10,10 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
 from hfseg.adapters.ade20k_classes import ADE20K_CLASSES
-from hfseg.adapters.base import SourceData
+from hfseg.adapters.base import VALIDATION_SPLIT_NAMES, SourceData
 from hfseg.errors import HfsegError
 from hfseg.network import require_hub
 
@@ -39,43 +39,60 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
     name = data_args.dataset_name
     path = Path(name).expanduser()
     known = KNOWN_DATASETS.get(name, {})
+    streaming = bool(getattr(data_args, "streaming", False))
+    on_hub = False
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
         dataset = load_from_disk(str(path))
+        if streaming:
+            dataset = IterableDatasetDict({split: ds.to_iterable_dataset() for split, ds in dataset.items()})
     elif path.is_file() and path.suffix == ".parquet":
-        dataset = load_dataset("parquet", data_files=str(path))
+        dataset = load_dataset("parquet", data_files=str(path), streaming=streaming)
     elif path.is_dir():
-        dataset = load_dataset(str(path))
+        dataset = load_dataset(str(path), streaming=streaming)
     else:
         require_hub("dataset", name)
-        dataset = _load_hub_dataset(name, data_args.dataset_config_name or known.get("config"))
+        on_hub = True
+        dataset = _load_hub_dataset(name, data_args.dataset_config_name or known.get("config"), streaming)
     if isinstance(dataset, Dataset):
         dataset = DatasetDict({"train": dataset})
+    elif isinstance(dataset, IterableDataset):
+        dataset = IterableDatasetDict({"train": dataset})
     first = next(iter(dataset.values()))
     image_column, label_column = detect_columns(first, data_args.image_column, data_args.label_column, name)
-    id2label = known.get("id2label") or _id2label_beside(path) or _id2label_from_features(first, label_column)
+    id2label = (
+        known.get("id2label")
+        or (_id2label_on_hub(name) if on_hub else _id2label_beside(path))
+        or _id2label_from_features(first, label_column)
+    )
     return SourceData(dataset, image_column, label_column, id2label, reduce_labels=known.get("reduce_labels"))
 
 
-def _load_hub_dataset(name: str, config: str | None) -> DatasetDict:
+def _load_hub_dataset(name: str, config: str | None, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
     try:
-        return load_dataset(name, config)
+        return load_dataset(name, config, streaming=streaming)
     except RuntimeError as error:
         if "scripts are no longer supported" not in str(error):
             raise
         logger.warning("%s ships a loading script; loading its parquet export (%s) instead", name, PARQUET_REVISION)
     try:
-        return load_dataset(name, config, revision=PARQUET_REVISION)
+        return load_dataset(name, config, revision=PARQUET_REVISION, streaming=streaming)
     except ValueError as error:
         raise HfsegError(f"cannot load the parquet export of '{name}': {error}; set --dataset_config_name") from None
 
 
 def detect_columns(dataset: Dataset, image_column: str | None, label_column: str | None, source: str):
     """Find the image and mask columns by feature type (Image), preferring the usual names."""
-    columns = dataset.column_names
+    features = dataset.features
+    if features is None:  # a streamed data set that does not declare its features: look at one row
+        row = next(iter(dataset))
+        columns = list(row)
+        image_features = [name for name, value in row.items() if hasattr(value, "getpixel")]
+    else:
+        columns = list(features)
+        image_features = [name for name, feature in features.items() if isinstance(feature, Image)]
     for given, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
         if given is not None and given not in columns:
             raise HfsegError(f"{source}: column '{given}' ({flag}) not found; columns are {columns}")
-    image_features = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
     if image_column is None:
         image_column = _pick(image_features, IMAGE_COLUMN_NAMES, exclude=label_column)
     if label_column is None:
@@ -105,9 +122,21 @@ def _id2label_beside(path: Path) -> dict[int, str] | None:
     return None
 
 
+def _id2label_on_hub(name: str) -> dict[int, str] | None:
+    """`id2label.json` at the root of a Hub data set repository, when it has one."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        file = hf_hub_download(name, "id2label.json", repo_type="dataset")
+    except Exception as error:  # absent file, gated repo, offline: the other sources of names are tried
+        logger.debug("no id2label.json in %s: %s", name, error)
+        return None
+    return {int(k): v for k, v in json.loads(Path(file).read_text()).items()}
+
+
 def _id2label_from_features(dataset: Dataset, label_column: str) -> dict[int, str] | None:
     """Class names stored in the dataset's metadata (an `id2label` JSON in the description), if any."""
-    description = dataset.info.description or ""
+    description = (dataset.info.description if dataset.info is not None else None) or ""
     try:
         data = json.loads(description)
     except json.JSONDecodeError:
@@ -115,3 +144,32 @@ def _id2label_from_features(dataset: Dataset, label_column: str) -> dict[int, st
     if isinstance(data, dict) and isinstance(data.get("id2label"), dict):
         return {int(k): v for k, v in data["id2label"].items()}
     return None
+
+
+def split_streaming(dataset: IterableDatasetDict, data_args) -> IterableDatasetDict:
+    """`train` and `validation` of a streamed source: named splits, or the first --max_eval_samples rows of
+    the train stream held out; --max_train_samples / --max_eval_samples cap them with `take`."""
+    train_split = data_args.train_split
+    if train_split not in dataset:
+        raise HfsegError(f"split '{train_split}' not found (splits: {list(dataset)}); set --train_split")
+    train = dataset[train_split]
+    validation_split = data_args.validation_split or next(
+        (name for name in VALIDATION_SPLIT_NAMES if name in dataset and name != train_split), None
+    )
+    if validation_split is not None and validation_split not in dataset:
+        raise HfsegError(f"split '{validation_split}' not found (splits: {list(dataset)}); set --validation_split")
+    if validation_split is None:
+        if not data_args.max_eval_samples:
+            raise HfsegError(
+                "--streaming: the source has no validation split; set --validation_split, or --max_eval_samples N "
+                "to hold out the first N training rows"
+            )
+        validation = train.take(data_args.max_eval_samples)
+        train = train.skip(data_args.max_eval_samples)
+    else:
+        validation = dataset[validation_split]
+        if data_args.max_eval_samples:
+            validation = validation.take(data_args.max_eval_samples)
+    if data_args.max_train_samples:
+        train = train.take(data_args.max_train_samples)
+    return IterableDatasetDict({"train": train, "validation": validation})
