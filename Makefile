@@ -29,7 +29,10 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in benchmarks/*.py; do \
+		case $$script in benchmarks/common.py|benchmarks/__init__.py) continue;; esac; \
+		$(BIN)/python $$script || exit 1; \
+	done
 
 clean:
 	rm -rf outputs .pytest_cache

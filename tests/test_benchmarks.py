@@ -1,0 +1,120 @@
+"""Benchmarks stay runnable: each script runs with --quick; the eval baseline's formula is checked by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def eval_memory_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import eval_memory
+
+        yield eval_memory
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_evaluate_style_mean_iou_matches_hand_worked_numbers(eval_memory_module):
+    # Classes 0..2, 255 ignored. Image 1: truth [0 0 1 255], pred [0 1 1 2]; image 2: truth [2 2], pred [2 0].
+    predictions = [np.array([[0, 1], [1, 2]]), np.array([[2, 0]])]
+    references = [np.array([[0, 0], [1, 255]]), np.array([[2, 2]])]
+    result = eval_memory_module.evaluate_style_mean_iou(predictions, references, num_labels=3, ignore_index=255)
+    # class 0: intersect 1, pred 2, label 2 -> 1/3; class 1: 1, 2, 1 -> 1/2; class 2: 1, 1, 2 -> 1/2
+    np.testing.assert_allclose(result["per_category_iou"], [1 / 3, 1 / 2, 1 / 2])
+    np.testing.assert_allclose(result["per_category_accuracy"], [1 / 2, 1, 1 / 2])
+    assert result["overall_accuracy"] == pytest.approx(3 / 5)
+    assert result["mean_iou"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
+
+
+def test_evaluate_style_mean_iou_agrees_with_hfseg_metrics(eval_memory_module):
+    from hfseg.metrics import compute_segmentation_metrics
+
+    rng = np.random.default_rng(0)
+    references = [rng.integers(0, 6, size=(9, 11)) for _ in range(3)]
+    for reference in references:
+        reference[rng.random(reference.shape) < 0.1] = 255
+    predictions = [rng.integers(0, 5, size=reference.shape) for reference in references]  # class 5 never predicted
+    baseline = eval_memory_module.evaluate_style_mean_iou(predictions, references, num_labels=6, ignore_index=255)
+    ours = compute_segmentation_metrics(predictions, references, num_labels=6, ignore_index=255)
+    np.testing.assert_allclose(baseline["per_category_iou"], ours["per_category_iou"])
+    for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        assert baseline[key] == pytest.approx(ours[key])
+
+
+def test_memory_growth_fits_a_line(eval_memory_module):
+    results = [{"n": n, "peak_rss_mb": 800 + 170 * n} for n in (5, 10, 20)]
+    fit = eval_memory_module.memory_growth(results)
+    assert fit["mb_per_image"] == pytest.approx(170)
+    assert fit["at_500_mb"] == pytest.approx(800 + 170 * 500)
+    assert eval_memory_module.memory_growth(results[:1]) is None
+
+
+def run_quick(name: str, tmp_path) -> dict:
+    output = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "ours" in completed.stdout or "hfseg" in completed.stdout
+    assert "machine:" in completed.stdout and "|" in completed.stdout  # machine line and table printed
+    document = json.loads(output.read_text())
+    assert document["benchmark"] == name and document["quick"] is True
+    assert document["machine"]["device"] == "cpu" and document["machine"]["torch"]
+    for result in document["results"]:
+        assert "error" not in result, result
+        assert result["torch_threads"] >= 1 and result["peak_rss_mb_shared"] > 100
+    assert document["table"]["rows"]
+    return document
+
+
+@pytest.mark.slow
+def test_eval_memory_quick(tmp_path):
+    document = run_quick("eval_memory", tmp_path)
+    by_method = {result["method"]: result for result in document["results"]}
+    assert set(by_method) == {"ours", "baseline"}
+    for result in by_method.values():
+        assert result["n"] == 4 and result["eval_s"] > 0
+        assert 0 <= result["eval_mean_iou"] <= 1 and not math.isnan(result["eval_mean_iou"])
+
+
+@pytest.mark.slow
+def test_train_overhead_quick(tmp_path):
+    document = run_quick("train_overhead", tmp_path)
+    (result,) = document["results"]
+    assert result["steps_measured_per_method"] == 3
+    assert result["bare_s_per_step"] > 0 and result["ours_s_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_dataloader_quick(tmp_path):
+    document = run_quick("dataloader", tmp_path)
+    methods = [result["method"] for result in document["results"]]
+    assert methods == ["train_step", "ours", "guide"]
+    for result in document["results"][1:]:
+        assert result["batch_shape"] == [2, 3, 32, 32] and result["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_inference_quick(tmp_path):
+    document = run_quick("inference", tmp_path)
+    assert [result["method"] for result in document["results"]][:2] == ["pipeline", "hfseg"]
+    assert "whole" in document["modes"]
+    for result in document["results"]:
+        assert result["images"] == 4 and result["images_per_s"] > 0
