@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -183,23 +183,36 @@ def logits_at_sizes(
         sizes: each sample's original (H_i, W_i), where the logits are upsampled to.
         options: inference mode and TTA (default: plain `whole`, one forward pass for the batch).
     """
+    return list(iter_logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes))
+
+
+def iter_logits_at_sizes(
+    model,
+    pixel_values: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    options: InferenceOptions | None = None,
+    pixel_sizes: Sequence[tuple[int, int]] | None = None,
+) -> Iterator[torch.Tensor]:
+    """`logits_at_sizes`, one sample at a time: without TTA, only one sample's full-size logits exist at once
+    (the batch's forward pass stays batched), so evaluation memory does not grow with the batch's image sizes."""
     options = options or InferenceOptions()
     if options.mode == "slide" and not options.crop_size:
         raise HfsegError("slide inference needs a crop size: set --eval_crop_size")
     sizes = [tuple(int(v) for v in size) for size in sizes]
     if pixel_sizes is not None and len({tuple(int(v) for v in size) for size in pixel_sizes}) > 1:
-        results = []
         for index, (height, width) in enumerate(pixel_sizes):
             image = pixel_values[index : index + 1, :, : int(height), : int(width)]
-            results += logits_at_sizes(model, image, sizes[index : index + 1], options)
-        return results
+            yield from iter_logits_at_sizes(model, image, sizes[index : index + 1], options)
+        return
     if pixel_sizes is not None:
         height, width = (int(v) for v in pixel_sizes[0])
         pixel_values = pixel_values[..., :height, :width]
     views = [(scale, flip) for scale in options.scales for flip in ((False, True) if options.flip else (False,))]
     if len(views) == 1:
         logits = _view_logits(model, pixel_values, options, *views[0])
-        return [upsample_logits(logits[i : i + 1], size)[0] for i, size in enumerate(sizes)]
+        for i, size in enumerate(sizes):
+            yield upsample_logits(logits[i : i + 1], size)[0]
+        return
     probabilities = [None] * len(sizes)
     for scale, flip in views:
         logits = _view_logits(model, pixel_values, options, scale, flip)
@@ -207,7 +220,8 @@ def logits_at_sizes(
             view = upsample_logits(logits[i : i + 1], size)[0].float().softmax(0)
             probabilities[i] = view if probabilities[i] is None else probabilities[i] + view
     tiny = torch.finfo(torch.float32).tiny  # keeps log() finite where every view gave a class ~0 probability
-    return [(summed / len(views)).clamp_min(tiny).log() for summed in probabilities]
+    for summed in probabilities:
+        yield (summed / len(views)).clamp_min(tiny).log()
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from hfseg.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
-from hfseg.inference import InferenceOptions, logits_at_sizes
+from hfseg.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.interrupts import check_finite_loss
 from hfseg.metrics import confusion_matrix
 from hfseg.modeling import processor_input_size
@@ -124,26 +124,28 @@ class SegTrainer(Trainer):
             sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
         num_labels = model.config.num_labels
         pixel_sizes = inputs.get("pixel_sizes")
+        loss_sum = torch.zeros((), device=labels.device)
+        counted = 0
+        confusions = []
         with torch.no_grad(), self.compute_loss_context_manager():
-            per_sample = logits_at_sizes(
+            # One sample's full-resolution logits at a time: upsample, score, drop.
+            per_sample = iter_logits_at_sizes(
                 model,
                 inputs["pixel_values"],
                 sizes.tolist(),
                 options=self.inference_options,
                 pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
             )
-        loss_sum = torch.zeros((), device=labels.device)
-        counted = 0
-        confusions = []
-        for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
-            label = label[:height, :width]
-            valid = int((label != self.ignore_index).sum())
-            if valid:
-                loss_sum += F.cross_entropy(
-                    logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
-                )
-                counted += valid
-            confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+            for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+                label = label[:height, :width]
+                valid = int((label != self.ignore_index).sum())
+                if valid:
+                    loss_sum += F.cross_entropy(
+                        logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
+                    )
+                    counted += valid
+                confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+                del logits  # before the generator upsamples the next sample
         loss = (loss_sum / max(counted, 1)).detach()
         if prediction_loss_only:
             return loss, None, None

@@ -141,3 +141,19 @@ def test_options_from_training_arguments(tmp_path):
     )  # fmt: skip
     options = InferenceOptions.from_arguments(training_args)
     assert options == InferenceOptions(mode="slide", scales=(0.5, 1.0), flip=True, crop_size=64, stride=32)
+
+
+def test_iter_logits_yields_one_sample_at_a_time_and_matches_the_list(segformer):
+    import inspect
+
+    from hfseg.inference import iter_logits_at_sizes
+
+    pixel_values = torch.randn(3, 3, 32, 32)
+    sizes = [(40, 50), (33, 31), (64, 64)]
+    lazy = iter_logits_at_sizes(segformer, pixel_values, sizes)
+    assert inspect.isgenerator(lazy)
+    first = next(lazy)  # only the first sample has been upsampled so far
+    assert first.shape[-2:] == (40, 50)
+    rest = list(lazy)
+    eager = logits_at_sizes(segformer, pixel_values, sizes)
+    assert all(torch.equal(a, b) for a, b in zip([first, *rest], eager, strict=True))
