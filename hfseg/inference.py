@@ -243,10 +243,10 @@ def predict_masks(
 
 
 @torch.no_grad()
-def predict_logits(model, images, transform, options: InferenceOptions | None = None) -> list[torch.Tensor]:
-    """One batch of PIL images -> list of (C, H_i, W_i) logits at the images' original sizes."""
+def predict_logits(model, images, transform, options: InferenceOptions | None = None) -> Iterator[torch.Tensor]:
+    """One batch of PIL images -> (C, H_i, W_i) logits at the images' original sizes, one image at a time."""
     parameter = next(model.parameters())
     pixel_values, pixel_sizes = pad_pixel_values([transform(image, None)[0] for image in images])
     sizes = [(image.height, image.width) for image in images]
     pixel_values = pixel_values.to(parameter.device, dtype=parameter.dtype)
-    return logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes)
+    yield from iter_logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes)
