@@ -15,7 +15,6 @@ Each (method, mode) runs in a fresh process; one warm-up image is not timed.
 from __future__ import annotations
 
 from common import (
-    ROOT,
     base_parser,
     child_main,
     current_rss_mb,
@@ -35,35 +34,20 @@ TINY_SEGFORMER = {
     "decoder_hidden_size": 16,
 }
 
-# --- HOOK: inference modes ------------------------------------------------------------------------------------
-# hfseg's slide-window and TTA inference (and the `hfseg predict` tool) land in a parallel branch. When they do,
-# map each mode to the keyword arguments that select it in `hfseg.inference.predict_masks` (or swap
-# `predict_with_hfseg` below for the new function), e.g.
-#     MODES["slide"] = {"mode": "slide"}
-#     MODES["tta"] = {"mode": "whole", "tta": True}
-# `detected_modes()` already adds them when `predict_masks` grows parameters named `mode` / `tta`.
-MODES: dict[str, dict] = {"whole": {}}
+# --- inference modes ------------------------------------------------------------------------------------------
+# `hfseg.inference.InferenceOptions` fields for each measured mode: whole image; sliding windows (image resized
+# keeping its ratio to the model's input size on the short side, windows of that size, stride 2/3); and
+# multi-scale + flip TTA on the whole image (6 views).
+MODES: dict[str, dict] = {
+    "whole": {},
+    "slide": {"mode": "slide"},
+    "tta": {"scales": (0.75, 1.0, 1.25), "flip": True},
+}
 
 
 def detected_modes() -> dict[str, dict]:
-    """`MODES` plus slide / TTA when `predict_masks` accepts `mode` / `tta` keyword arguments.
-
-    Read from the source with `ast`, so this parent process never imports torch.
-    """
-    import ast
-
-    tree = ast.parse((ROOT / "hfseg" / "inference.py").read_text())
-    parameters = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == "predict_masks":
-            arguments = node.args
-            parameters = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
-    modes = dict(MODES)
-    if "mode" in parameters:
-        modes.setdefault("slide", {"mode": "slide"})
-    if "tta" in parameters:
-        modes.setdefault("tta", {"tta": True})
-    return modes
+    """The modes to measure (kept as a function: the tests and `main` ask for it)."""
+    return dict(MODES)
 
 
 def save_model(directory: str, config: dict) -> None:
@@ -80,20 +64,24 @@ def save_model(directory: str, config: dict) -> None:
     SegformerImageProcessor(size={"height": size, "width": size}).save_pretrained(directory)
 
 
-def predict_with_hfseg(directory: str, images, batch_size: int, mode_kwargs: dict):
-    """What `hfseg predict` does: load model + processor, `EvalTransform` at the processor's size, batch."""
+def predict_with_hfseg(directory: str, images, batch_size: int, mode: dict):
+    """What `hfseg predict` does: load model + processor, the eval transform for the inference options, batch.
+
+    Args:
+        mode: `InferenceOptions` fields (`{}` = whole image; `{"mode": "slide"}`; TTA scales/flip).
+    """
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from hfseg.inference import predict_masks
-    from hfseg.modeling import processor_input_size, processor_mean_std
-    from hfseg.transforms import EvalTransform
+    from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
+    from hfseg.modeling import processor_input_size
 
     model = AutoModelForSemanticSegmentation.from_pretrained(directory).eval()
     processor = AutoImageProcessor.from_pretrained(directory)
-    transform = EvalTransform(processor_input_size(processor), *processor_mean_std(processor))
+    options = InferenceOptions(**mode).with_input_size(processor_input_size(processor))
+    transform = eval_transform_for(processor, options)
 
     def run(chunk):
-        return predict_masks(model, chunk, transform, batch_size=batch_size, **mode_kwargs)
+        return predict_masks(model, chunk, transform, batch_size=batch_size, options=options)
 
     return run
 
@@ -145,7 +133,7 @@ def run_configuration(config: dict) -> dict:
 
 
 def mode_kwargs(config: dict) -> dict:
-    """Keyword arguments of `predict_masks` for the configuration's mode."""
+    """`InferenceOptions` fields for the configuration's mode."""
     return detected_modes()[config.get("mode", "whole")]
 
 
