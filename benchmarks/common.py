@@ -32,6 +32,15 @@ for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "H
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: The tiny SegFormer the `--quick` runs use (the same sizes as tests/conftest.py).
+TINY_SEGFORMER = {
+    "hidden_sizes": [8, 16, 24, 32],
+    "depths": [1, 1, 1, 1],
+    "num_attention_heads": [1, 1, 1, 1],
+    "decoder_hidden_size": 16,
+}
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """`--quick` (CI-sized run), `--output` (JSON path) and the hidden `--child` of every benchmark."""
     parser = argparse.ArgumentParser(description=description)

@@ -17,6 +17,7 @@ batch 2, forward + backward + AdamW, one warm-up step) gives the rate in images/
 from __future__ import annotations
 
 from common import (
+    TINY_SEGFORMER,
     base_parser,
     child_main,
     format_table,
@@ -28,12 +29,6 @@ from common import (
 )
 
 NAME = "dataloader"
-TINY_SEGFORMER = {
-    "hidden_sizes": [8, 16, 24, 32],
-    "depths": [1, 1, 1, 1],
-    "num_attention_heads": [1, 1, 1, 1],
-    "decoder_hidden_size": 16,
-}
 
 
 def build_dataset(num_images: int, base_size: tuple[int, int], num_labels: int = 150):

@@ -15,6 +15,7 @@ size. Each (method, N) runs in a fresh process; its peak RSS is the figure (`get
 from __future__ import annotations
 
 from common import (
+    TINY_SEGFORMER,
     available_memory_bytes,
     base_parser,
     child_main,
@@ -28,12 +29,6 @@ from common import (
 )
 
 NAME = "eval_memory"
-TINY_SEGFORMER = {
-    "hidden_sizes": [8, 16, 24, 32],
-    "depths": [1, 1, 1, 1],
-    "num_attention_heads": [1, 1, 1, 1],
-    "decoder_hidden_size": 16,
-}
 
 
 def evaluate_style_mean_iou(predictions, references, num_labels: int, ignore_index: int) -> dict:

@@ -15,6 +15,7 @@ Each (method, mode) runs in a fresh process; one warm-up image is not timed.
 from __future__ import annotations
 
 from common import (
+    TINY_SEGFORMER,
     base_parser,
     child_main,
     current_rss_mb,
@@ -27,12 +28,6 @@ from common import (
 )
 
 NAME = "inference"
-TINY_SEGFORMER = {
-    "hidden_sizes": [8, 16, 24, 32],
-    "depths": [1, 1, 1, 1],
-    "num_attention_heads": [1, 1, 1, 1],
-    "decoder_hidden_size": 16,
-}
 
 # --- inference modes ------------------------------------------------------------------------------------------
 # `hfseg.inference.InferenceOptions` fields for each measured mode: whole image; sliding windows (image resized

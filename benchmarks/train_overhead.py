@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 
 from common import (
+    TINY_SEGFORMER,
     base_parser,
     child_main,
     format_table,
@@ -26,12 +27,6 @@ from common import (
 )
 
 NAME = "train_overhead"
-TINY_SEGFORMER = {
-    "hidden_sizes": [8, 16, 24, 32],
-    "depths": [1, 1, 1, 1],
-    "num_attention_heads": [1, 1, 1, 1],
-    "decoder_hidden_size": 16,
-}
 LEARNING_RATE = 6e-5
 
 
