@@ -7,8 +7,13 @@ upsamples all logits at once, argmaxes them and computes `evaluate`'s `mean_iou`
 a lower bound of its cost). Ours: `SegTrainer.evaluate` with `TrainerSegmentationMetrics`, labels at their own
 size. Each (method, N) runs in a fresh process; its peak RSS is the figure (`getrusage`, as it ends).
 
+Where the machine cannot hold the baseline, it is still run, not skipped: each child's address space is capped
+below the free RAM (`RLIMIT_AS`), so it fails cleanly instead of meeting the OOM killer. A run that fails on an
+allocation is recorded with the size it asked for (torch's or numpy's own error) and its peak RSS so far;
+the larger of the two is a measured lower bound of the memory that run needs, and the ratio is reported as ">=".
+
     python benchmarks/eval_memory.py            # B0 (SegformerConfig()), 150 labels, N = 4, 8, 16, eval batch 2
-    python benchmarks/eval_memory.py --full     # the issue's N = 50, 200, 500 (baseline skipped where RAM is short)
+    python benchmarks/eval_memory.py --full     # the issue's N = 50, 200, 500 (~40 minutes on 2 CPU cores)
     python benchmarks/eval_memory.py --quick    # CI-sized
 """
 
@@ -67,12 +72,38 @@ def evaluate_style_mean_iou(predictions, references, num_labels: int, ignore_ind
     }
 
 
-def estimated_baseline_bytes(n: int, num_labels: int, input_size: int) -> int:
-    """Kept logits (twice while concatenating) + all logits upsampled at once + labels and predictions."""
-    logits = num_labels * (input_size // 4) ** 2 * 4
-    upsampled = num_labels * input_size**2 * 4
-    maps = input_size**2 * 8 * 3
-    return n * (2 * logits + upsampled + maps) + 2**30
+def failed_allocation_bytes(error: BaseException) -> int | None:
+    """The size of the allocation that `error` reports failing (torch's CPU allocator or numpy), else None."""
+    import re
+
+    total = getattr(error, "_total_size", None)  # numpy's _ArrayMemoryError
+    if isinstance(total, int):
+        return total
+    match = re.search(r"tried to allocate (\d+) bytes", str(error))  # torch's DefaultCPUAllocator
+    return int(match.group(1)) if match else None
+
+
+def peak_lower_bound_mb(result: dict) -> float | None:
+    """Peak RSS of a completed run; for one that failed on an allocation, max(peak so far, size it asked for)."""
+    if result.get("completed", True):
+        return result.get("peak_rss_mb")
+    asked = result.get("failed_allocation_bytes")
+    candidates = [v for v in (result.get("peak_rss_mb"), asked and asked / 2**20) if isinstance(v, (int, float))]
+    return round(max(candidates), 1) if candidates else None
+
+
+def cap_address_space(budget_bytes: int) -> int:
+    """Limit this process's address space to what it maps now plus `budget_bytes`; returns the limit."""
+    import resource
+    from pathlib import Path
+
+    mapped = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            mapped = int(line.split()[1]) * 1024
+    limit = mapped + int(budget_bytes)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    return limit
 
 
 # --- child: one (method, N) evaluation --------------------------------------------------------------------------
@@ -174,16 +205,34 @@ def run_configuration(config: dict) -> dict:
                 compute_metrics=example_compute_metrics,
             )
         setup_rss = current_rss_mb()
+        limit = cap_address_space(config["memory_budget_bytes"]) if config.get("memory_budget_bytes") else None
         started = time.perf_counter()
-        metrics = trainer.evaluate()
+        try:
+            metrics = trainer.evaluate()
+        except (MemoryError, RuntimeError) as error:
+            asked = failed_allocation_bytes(error)
+            if asked is None:
+                raise
+            return {
+                "method": config["method"],
+                "n": config["n"],
+                "completed": False,
+                "failed_allocation_bytes": asked,
+                "error": str(error).splitlines()[0][:300],
+                "eval_s_until_failure": round(time.perf_counter() - started, 2),
+                "setup_rss_mb": setup_rss,
+                "address_space_limit_bytes": limit,
+            }
         eval_seconds = time.perf_counter() - started
     return {
         "method": config["method"],
         "n": config["n"],
+        "completed": True,
         "eval_s": round(eval_seconds, 2),
         "s_per_image": round(eval_seconds / config["n"], 3),
         "setup_rss_mb": setup_rss,
         "eval_mean_iou": metrics.get("eval_mean_iou"),
+        "address_space_limit_bytes": limit,
     }
 
 
@@ -195,6 +244,12 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="The issue's sizes: N = 50, 200, 500 (slow).")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="Numbers of images N to evaluate.")
     parser.add_argument("--batch_size", type=int, default=2, help="per_device_eval_batch_size (both methods).")
+    parser.add_argument(
+        "--memory_fraction",
+        type=float,
+        default=0.75,
+        help="Each child may grow by this fraction of the RAM free at the start (RLIMIT_AS); 0 disables the cap.",
+    )
     args = parser.parse_args()
     if args.child:
         child_main(run_configuration, args.child)
@@ -210,38 +265,19 @@ def main() -> None:
     info = machine_info()
     print(machine_line(info), flush=True)
 
-    configs, skipped = [], []
-    for n in sizes:
-        configs.append({**base, "method": "ours", "n": n})
-        needed = estimated_baseline_bytes(n, base["num_labels"], base["input_size"])
-        if needed > 0.8 * available_memory_bytes():
-            free = available_memory_bytes() / 2**30
-            skipped.append(
-                {"method": "baseline", "n": n, "skipped": f"needs ~{needed / 2**30:.0f} GiB, {free:.0f} free"}
-            )
-        else:
-            configs.append({**base, "method": "baseline", "n": n})
-    results = run_configurations(f"{NAME}.py", configs, isolated=not args.quick) + skipped
-    for result, config in zip(results, configs, strict=False):
+    base["memory_budget_bytes"] = int(args.memory_fraction * available_memory_bytes()) if not args.quick else 0
+    configs = [{**base, "method": method, "n": n} for n in sizes for method in ("ours", "baseline")]
+    results = run_configurations(f"{NAME}.py", configs, isolated=not args.quick)
+    for result, config in zip(results, configs, strict=True):
         result.setdefault("method", config["method"])
         result.setdefault("n", config["n"])
+        result["peak_lower_bound_mb"] = peak_lower_bound_mb(result)
 
-    rows = []
-    for n in sizes:
-        ours = next(r for r in results if r["n"] == n and r["method"] == "ours")
-        baseline = next(r for r in results if r["n"] == n and r["method"] == "baseline")
-        rows.append(
-            [
-                n,
-                ours.get("peak_rss_mb"),
-                baseline.get("peak_rss_mb", baseline.get("skipped") or baseline.get("error")),
-                ratio(ours.get("peak_rss_mb"), baseline.get("peak_rss_mb")),
-                ours.get("eval_s"),
-                baseline.get("eval_s"),
-                ratio(ours.get("eval_s"), baseline.get("eval_s")),
-            ]
-        )
-    growth = {method: memory_growth([r for r in results if r["method"] == method]) for method in ("ours", "baseline")}
+    rows = [table_row(n, results) for n in sizes]
+    growth = {
+        method: memory_growth([r for r in results if r["method"] == method and r.get("completed")])
+        for method in ("ours", "baseline")
+    }
     headers = ["N", "ours peak MB", "baseline peak MB", "mem ours/base", "ours s", "baseline s", "time ours/base"]
     setting = (
         f"SegFormer {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
@@ -258,6 +294,25 @@ def main() -> None:
     payload = {"machine": info, "settings": base, "results": results, "memory_growth": growth}
     path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})
     print(f"wrote {path}")
+
+
+def table_row(n: int, results: list[dict]) -> list:
+    """One table row: figures of both methods at N; a failed baseline shows ">= bound" and its time so far."""
+    ours = next(r for r in results if r["n"] == n and r["method"] == "ours")
+    baseline = next(r for r in results if r["n"] == n and r["method"] == "baseline")
+    if baseline.get("completed"):
+        base_memory, base_time = baseline.get("peak_rss_mb"), baseline.get("eval_s")
+        memory_ratio, time_ratio = ratio(ours.get("peak_rss_mb"), base_memory), ratio(ours.get("eval_s"), base_time)
+    elif baseline.get("failed_allocation_bytes") and ours.get("peak_rss_mb"):
+        bound = baseline["peak_lower_bound_mb"]
+        asked = baseline["failed_allocation_bytes"] / 2**30
+        base_memory = f">= {bound:.0f} (failed: asked for {asked:.1f} GiB at once)"
+        base_time = f"> {baseline['eval_s_until_failure']} (failed)"
+        memory_ratio = f"<= {ours['peak_rss_mb'] / bound:.3g} (>= {bound / ours['peak_rss_mb']:.1f}x lower)"
+        time_ratio = "-"
+    else:
+        base_memory, base_time, memory_ratio, time_ratio = baseline.get("error", "-"), "-", "-", "-"
+    return [n, ours.get("peak_rss_mb"), base_memory, memory_ratio, ours.get("eval_s"), base_time, time_ratio]
 
 
 def memory_growth(results: list[dict]) -> dict | None:

@@ -61,6 +61,38 @@ def test_memory_growth_fits_a_line(eval_memory_module):
     assert eval_memory_module.memory_growth(results[:1]) is None
 
 
+def test_failed_allocation_size_is_read_from_torch_and_numpy_errors(eval_memory_module):
+    import torch
+
+    too_big = 2**50  # 1 PiB: refused by any machine's allocator
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.empty(too_big, dtype=torch.uint8)
+    assert eval_memory_module.failed_allocation_bytes(torch_error.value) == too_big
+    with pytest.raises(MemoryError) as numpy_error:
+        np.empty(too_big // 4, dtype=np.float32)
+    assert eval_memory_module.failed_allocation_bytes(numpy_error.value) == too_big
+    assert eval_memory_module.failed_allocation_bytes(RuntimeError("shape mismatch")) is None
+
+
+def test_a_baseline_that_failed_to_allocate_is_reported_as_a_lower_bound(eval_memory_module):
+    ours = {"method": "ours", "n": 500, "completed": True, "peak_rss_mb": 1700.0, "eval_s": 700.0}
+    failed = {
+        "method": "baseline",
+        "n": 500,
+        "completed": False,
+        "peak_rss_mb": 9000.0,
+        "failed_allocation_bytes": 80 * 2**30,
+        "eval_s_until_failure": 650.0,
+    }
+    assert eval_memory_module.peak_lower_bound_mb(ours) == 1700.0
+    failed["peak_lower_bound_mb"] = eval_memory_module.peak_lower_bound_mb(failed)
+    assert failed["peak_lower_bound_mb"] == 80 * 1024  # the allocation it asked for exceeds its peak so far
+    row = eval_memory_module.table_row(500, [ours, failed])
+    assert row[2].startswith(">= 81920") and "80.0 GiB" in row[2]
+    assert f"{80 * 1024 / 1700:.1f}x lower" in row[3]
+    assert row[5] == "> 650.0 (failed)"  # no time ratio is claimed for a run that did not finish
+
+
 def run_quick(name: str, tmp_path) -> dict:
     output = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
