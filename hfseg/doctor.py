@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hfseg.adapters import Problem, SourceData, build_label_spec, open_source
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
-from hfseg.labels import LabelSpec, decode_mask, load_rgb
+from hfseg.labels import LabelSpec, MaskError, check_same_size, decode_mask, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -90,41 +90,19 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
     size = (rgb.width, rgb.height)
     try:
         raw = spec.decode(mask, mask_name) if spec is not None else decode_mask(mask, mask_name)
-    except HfsegError as error:
-        message = str(error)
-        kind = (
-            "unknown_colour"
-            if "not in the palette" in message
-            else "colour_mask"
-            if "colour" in message
-            else "mask_mode"
-        )
-        found, _, fix = message.removeprefix(f"{mask_name} ").partition("; ")
-        return size, None, None, [Problem(kind, mask_name, found, fix or "save masks as 8- or 16-bit index PNGs")]
-    if raw.shape != (rgb.height, rgb.width):
-        problems.append(
-            Problem(
-                "size_mismatch",
-                mask_name,
-                f"mask is {raw.shape[1]}x{raw.shape[0]} but its image {image_name} is {rgb.width}x{rgb.height}",
-                "masks must match their images pixel for pixel: fix or remove the pair",
-            )
-        )
+    except MaskError as error:
+        return size, None, None, [Problem.from_error(error)]
+    try:
+        check_same_size(raw.shape, size, mask_name, image_name)
+    except MaskError as error:
+        problems.append(Problem.from_error(error))
     if spec is None:
         return size, None, raw, problems
     labels = spec.lookup_table(max(int(raw.max()) if raw.size else 0, 255))[raw]
     values = spec.invalid_values(labels)
     if values:
         raw_bad = sorted({int(v) for v in np.unique(raw[np.isin(labels, values)])})[:8]
-        problems.append(
-            Problem(
-                "label_values",
-                mask_name,
-                f"has label values {values} (raw {raw_bad}) but num_labels={spec.num_labels} "
-                f"(ignore_index={spec.ignore_index})",
-                spec.fix_hint(values),
-            )
-        )
+        problems.append(Problem.from_error(spec.values_error(values, mask_name, raw_bad)))
     return size, labels, raw, problems
 
 

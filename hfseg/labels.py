@@ -16,6 +16,31 @@ from PIL import Image
 from hfseg.errors import HfsegError
 
 
+class MaskError(HfsegError):
+    """A mask that cannot become training labels.
+
+    `kind` names the problem as `hfseg doctor` reports it (colour_mask, unknown_colour, mask_mode, label_values,
+    size_mismatch), `source` the file or row, `found` what is wrong and `fix` what to change. Training raises it;
+    the doctor collects it as a `Problem` with the same four fields, so both say the same thing.
+    """
+
+    def __init__(self, kind: str, source: str, found: str, fix: str):
+        super().__init__(f"{source}: {found}; {fix}")
+        self.kind, self.source, self.found, self.fix = kind, source, found, fix
+
+
+def check_same_size(mask_shape: tuple[int, ...], image_size: tuple[int, int], mask_name: str, image_name: str):
+    """Raise `MaskError` (size_mismatch) unless an (H, W) mask matches an image of `image_size` (W, H)."""
+    (height, width), (image_width, image_height) = mask_shape[:2], image_size
+    if (height, width) != (image_height, image_width):
+        raise MaskError(
+            "size_mismatch",
+            mask_name,
+            f"mask is {width}x{height} but its image {image_name} is {image_width}x{image_height}",
+            "masks must match their images pixel for pixel: fix or remove the pair",
+        )
+
+
 @dataclass
 class LabelSpec:
     """How raw mask values become training labels.
@@ -100,13 +125,20 @@ class LabelSpec:
             return "set --reduce_labels (the values look 1-based with 0 = unlabelled), or --label_map"
         return "set --label_map {raw: final id} (the ignore index as final id drops a value), or fix --id2label_file"
 
+    def values_error(self, values: list[int], source: str, raw_values: list[int] | None = None) -> MaskError:
+        """The `MaskError` (label_values) for final label `values` outside id2label (`raw_values`: before mapping)."""
+        raw = f" (raw {raw_values})" if raw_values is not None else ""
+        return MaskError(
+            "label_values",
+            source,
+            f"has label values {values}{raw} but num_labels={self.num_labels} (ignore_index={self.ignore_index})",
+            self.fix_hint(values),
+        )
+
     def validate(self, labels: np.ndarray, source: str = "mask") -> None:
         values = self.invalid_values(labels)
         if values:
-            raise HfsegError(
-                f"{source} has label values {values} but num_labels={self.num_labels} "
-                f"(ignore_index={self.ignore_index}); {self.fix_hint(values)}"
-            )
+            raise self.values_error(values, source)
 
 
 def load_id2label(path: str | Path) -> dict[int, str]:
@@ -134,11 +166,13 @@ def decode_mask(mask: Image.Image, source: str = "mask") -> np.ndarray:
     if mask.mode in ("RGB", "RGBA", "LA"):
         if _equal_channels(mask):
             return np.asarray(mask.convert("RGB"))[..., 0].astype(np.int64)
-        raise HfsegError(
-            f"{source} is a colour-coded RGB mask, but an index mask was expected; "
-            "give the colour palette (--palette_file) or convert the masks to class indices"
+        raise MaskError(
+            "colour_mask",
+            source,
+            "a colour-coded RGB mask, but an index mask was expected",
+            "give the colour palette (--palette_file) or convert the masks to class indices",
         )
-    raise HfsegError(f"{source} has unsupported mask mode {mask.mode}; save masks as 8- or 16-bit PNG")
+    raise MaskError("mask_mode", source, f"has unsupported mask mode {mask.mode}", "save masks as 8- or 16-bit PNG")
 
 
 def load_rgb(image: Image.Image) -> Image.Image:
@@ -159,7 +193,7 @@ def colour_to_index(rgb: np.ndarray, palette: dict[int, tuple[int, int, int]], s
     """(H, W, 3) uint8 colours -> (H, W) int64 ids through `palette` (id -> (R, G, B)).
 
     Raises:
-        HfsegError: a colour that is not in the palette, naming `source`, the colours and the fix.
+        MaskError: a colour that is not in the palette, naming `source`, the colours and the fix.
     """
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     table = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in palette.items()}
@@ -170,9 +204,11 @@ def colour_to_index(rgb: np.ndarray, palette: dict[int, tuple[int, int, int]], s
     if not known.all():
         unknown = [tuple(int(c) for c in rgb[y, x]) for y, x in zip(*np.nonzero(~known), strict=True)]
         colours = sorted(set(unknown))[:5]
-        raise HfsegError(
-            f"{source} has colours {colours} that are not in the palette ({len(palette)} colours); "
-            "add them to --palette_file (use the ignore index as their id to skip them)"
+        raise MaskError(
+            "unknown_colour",
+            source,
+            f"has colours {colours} that are not in the palette ({len(palette)} colours)",
+            "add them to --palette_file (use the ignore index as their id to skip them)",
         )
     return values[position]
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 import torch
 from datasets import Dataset, IterableDataset
 
-from hfseg.errors import HfsegError
-from hfseg.labels import LabelSpec, load_rgb
+from hfseg.labels import LabelSpec, check_same_size, load_rgb
 
 
 def describe(image, fallback: str) -> str:
@@ -24,11 +23,7 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     name = describe(mask, source)
     rgb = load_rgb(image)
     labels = spec.encode(spec.decode(mask, name), name)
-    if labels.shape != (rgb.height, rgb.width):
-        raise HfsegError(
-            f"{name}: mask is {labels.shape[1]}x{labels.shape[0]} but its image {describe(image, source)} is "
-            f"{rgb.width}x{rgb.height}; masks must match their images pixel for pixel (fix or remove the pair)"
-        )
+    check_same_size(labels.shape, rgb.size, name, describe(image, source))
     return rgb, labels
 
 

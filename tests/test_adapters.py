@@ -242,7 +242,7 @@ def test_colormask_layout_decodes_colours(tmp_path):
         open_source(DataArguments(data_dir=str(tmp_path), layout="colormask"))
     no_palette = DataArguments(data_dir=str(tmp_path), layout="folder", id2label_file=write_id2label(tmp_path, "abc"))
     source = open_source(no_palette)
-    with pytest.raises(HfsegError, match="a.png is a colour-coded RGB mask.*--palette_file"):
+    with pytest.raises(HfsegError, match="a.png: a colour-coded RGB mask.*--palette_file"):
         labels_of(source, "train", 0, build_label_spec(source, no_palette))
 
 

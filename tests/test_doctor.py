@@ -180,3 +180,23 @@ def test_finetune_stops_before_training_and_skips_when_asked(planted, tmp_path, 
         "1": "road",
         "2": "sky",
     }
+
+
+@pytest.mark.parametrize("name", ["smaller", "outside", "colours"])
+def test_training_error_and_doctor_problem_say_the_same(planted, name):
+    """The doctor and training describe one bad mask with one `MaskError`: same kind, file, finding and fix."""
+    from hfseg.doctor import inspect_pair
+    from hfseg.labels import MaskError
+    from hfseg.preprocess import encode_pair
+
+    data_args = DataArguments(data_dir=str(planted), layout="folder", id2label_file=str(planted / "id2label.json"))
+    spec = build_label_spec(open_source(data_args), data_args)
+    image_path, mask_path = str(planted / "images" / f"{name}.png"), str(planted / "masks" / f"{name}.png")
+    _, _, _, problems = inspect_pair(image_path, mask_path, spec, row="row 0")
+    (problem,) = problems
+    with pytest.raises(MaskError) as raised:
+        encode_pair(Image.open(image_path), Image.open(mask_path), spec)
+    assert raised.value.kind == problem.kind == EXPECTED[f"{name}.png"][0]
+    if name != "outside":  # the doctor adds the raw values before mapping
+        assert str(raised.value) == str(problem)
+    assert raised.value.source == problem.file == mask_path

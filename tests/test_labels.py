@@ -37,7 +37,7 @@ def test_colour_to_index_and_unknown_colours():
     rgb = np.array([[[0, 0, 0], [255, 0, 0]], [[255, 255, 255], [255, 0, 0]]], dtype=np.uint8)
     np.testing.assert_array_equal(colour_to_index(rgb, palette), [[0, 1], [255, 1]])
     rgb[0, 0] = (0, 0, 7)
-    with pytest.raises(HfsegError, match=r"tile.png has colours \[\(0, 0, 7\)\] that are not in the palette"):
+    with pytest.raises(HfsegError, match=r"tile.png: has colours \[\(0, 0, 7\)\] that are not in the palette"):
         colour_to_index(rgb, palette, "tile.png")
 
 

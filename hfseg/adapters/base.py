@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset, DatasetDict, Features, Image
 
 from hfseg.errors import HfsegError
+from hfseg.labels import MaskError
 
 VALIDATION_SPLIT_NAMES = ("validation", "val", "valid", "test")
 
@@ -47,6 +48,11 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.found}; {self.fix}"
+
+    @classmethod
+    def from_error(cls, error: MaskError) -> Problem:
+        """The problem a `MaskError` describes, with the same kind, file, finding and fix."""
+        return cls(error.kind, error.source, error.found, error.fix)
 
 
 def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> DatasetDict:
