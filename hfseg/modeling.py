@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -186,7 +187,14 @@ def processor_mean_std(processor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def load_for_inference(name: str, revision: str = "main", trust_remote_code: bool = False):
-    """A saved semantic-segmentation model (local directory or Hub id) and its image processor, in eval mode."""
+    """A saved semantic-segmentation model (local directory or Hub id) and its image processor, in eval mode.
+
+    A local output dir of a run that did not finish is refused with the way to resume it.
+    """
+    from hfseg.checkpoints import check_output_complete
+
+    if Path(name).is_dir():
+        check_output_complete(name)
     require_hub("model", name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:

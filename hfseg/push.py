@@ -22,6 +22,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 from transformers import HfArgumentParser
 
+from hfseg.checkpoints import check_output_complete
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.hub import CARD_NAME, card_from_run
 
@@ -156,6 +157,7 @@ def push_run(
     retry = retry_command(output_dir, repo_id, private, revision)
     if not output_dir.is_dir():
         raise HfsegError(f"{output_dir}: no such folder; pass the output_dir of a finished hfseg finetune run")
+    check_output_complete(output_dir)
     files = files_to_push(output_dir)
     token = token or get_token()
     if not token:

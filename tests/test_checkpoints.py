@@ -211,6 +211,45 @@ def test_tools_refuse_an_unfinished_output_dir(tmp_path):
         check_output_complete(tmp_path)
 
 
+def test_predict_evaluate_and_push_refuse_an_unfinished_run(tmp_path, shared_data, monkeypatch, capsys):
+    """A model dir still marked incomplete is refused by every tool that loads or publishes it, with the fix."""
+    from conftest import save_tiny_model
+
+    from hfseg.evaluation import main as evaluate_main
+    from hfseg.predict import main as predict_main
+    from hfseg.push import main as push_main
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_real")
+    run = save_tiny_model(tmp_path / "run", {i: f"class_{i}" for i in range(5)})
+    (run / INCOMPLETE_MARKER).write_text("training started")
+    images = shared_data / "ade20k" / "ADEChallengeData2016" / "images" / "validation"
+    commands = {
+        "predict": lambda: predict_main(
+            ["--model", str(run), "--input", str(images), "--output", str(tmp_path / "p")]
+        ),
+        "evaluate": lambda: evaluate_main(
+            [
+                "--model",
+                str(run),
+                "--data_dir",
+                str(shared_data / "ade20k"),
+                "--layout",
+                "ade20k",
+                "--output_dir",
+                str(tmp_path / "e"),
+            ]
+        ),  # fmt: skip
+        "push": lambda: push_main([str(run), "--repo_id", "me/unfinished"]),
+    }
+    for tool, command in commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            command()
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2, tool
+        assert f"{run} holds a run that did not finish" in error and "--resume_from_checkpoint auto" in error, tool
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+
 def test_auto_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
     from hfseg.checkpoints import mark_incomplete, prepare_output_dir
     from hfseg.config import parse_args
