@@ -269,6 +269,21 @@ class SegTrainingArguments(TrainingArguments):
             "backbone); SegFormer's recipe uses 10."
         },
     )
+    layer_decay_rate: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise lr decay over the encoder: layer id (0 = embeddings, N + 1 = block or stage N) "
+            "trains at lr x rate ** (top - id); 1.0 = off. The ConvNeXt UperNet recipe uses 0.9 (stage-wise), "
+            "BEiT 0.65-0.9 (per block)."
+        },
+    )
+    layer_decay_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Number of layers for --layer_decay_rate (top = this + 1); default: the encoder's own number "
+            "of blocks or stages. mmsegmentation's ConvNeXt configs use 6."
+        },
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegTrainingArguments)

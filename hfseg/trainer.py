@@ -80,7 +80,8 @@ class SegTrainer(Trainer):
         return [name for name, _ in model.named_parameters() if name not in no_decay]
 
     def create_optimizer(self, model=None):
-        """The optimizer `args.optim` names, over `hfseg.param_groups.parameter_groups` (head lr x head_lr_mult)."""
+        """The optimizer `args.optim` names, over `hfseg.param_groups.parameter_groups` (head lr x head_lr_mult,
+        layer-wise decay x layer_decay_rate)."""
         from transformers.trainer_optimizer import is_optimizer_factory
 
         model = self.model if model is None else model
@@ -91,8 +92,14 @@ class SegTrainer(Trainer):
         )
         if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
             return super().create_optimizer(model)  # optimizers that pick their own parameters (GaLore, LOMO...)
-        head_lr_mult = getattr(self.args, "head_lr_mult", 1.0)
-        groups = parameter_groups(model, self.args.learning_rate, self.args.weight_decay, head_lr_mult)
+        groups = parameter_groups(
+            model,
+            self.args.learning_rate,
+            self.args.weight_decay,
+            head_lr_mult=getattr(self.args, "head_lr_mult", 1.0),
+            layer_decay_rate=getattr(self.args, "layer_decay_rate", 1.0),
+            layer_decay_num_layers=getattr(self.args, "layer_decay_num_layers", None),
+        )
         groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer

@@ -9,7 +9,7 @@ from conftest import tiny_model
 
 from hfseg.config import ModelArguments, SegTrainingArguments
 from hfseg.modeling import build_model
-from hfseg.param_groups import head_parameter_names, no_decay_parameter_names, parameter_groups
+from hfseg.param_groups import head_parameter_names, layer_lr_scales, no_decay_parameter_names, parameter_groups
 from hfseg.trainer import SegTrainer
 
 
@@ -96,3 +96,51 @@ def test_sgd_momentum_from_training_arguments(tmp_path):
     assert isinstance(optimizer, torch.optim.SGD)
     assert {group["momentum"] for group in optimizer.param_groups} == {0.9}
     assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0, 1e-4}
+
+
+def test_layer_decay_follows_mmsegmentation_stage_wise_convnext_rule(tmp_path):
+    """ConvNeXt UperNet with decay 0.9 and num_layers 6 (mmseg's config): stem and downsampling layers at
+    0.9^7, stage s at 0.9^(6 - s), the backbone's output norms and both heads at the full lr (x head_lr_mult)."""
+    model = tiny_model("upernet")
+    trainer = _trainer(
+        tmp_path, model, learning_rate=1e-4, weight_decay=0.05, layer_decay_rate=0.9, layer_decay_num_layers=6
+    )
+    trainer.create_optimizer()
+    lr_of = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    checked = set()
+    for name, parameter in model.named_parameters():
+        if not name.startswith("backbone."):
+            expected = 1e-4
+        elif name.startswith("backbone.embeddings.") or ".downsampling_layer." in name:
+            expected = 1e-4 * 0.9**7
+        elif name.startswith("backbone.encoder.stages."):
+            stage = int(name.split(".")[3])
+            expected = 1e-4 * 0.9 ** (6 - stage)
+            checked.add(stage)
+        else:
+            assert name.startswith("backbone.hidden_states_norms."), name
+            expected = 1e-4
+        assert lr_of[id(parameter)] == pytest.approx(expected), name
+    assert checked == {0, 1, 2, 3}
+    # ConvNeXt's layer scale (gamma) is 1-D and does not decay, as in mmseg and the ConvNeXt paper.
+    groups = trainer.optimizer.param_groups
+    no_decay = {id(p) for group in groups if group["weight_decay"] == 0 for p in group["params"]}
+    scales = [p for n, p in model.named_parameters() if n.endswith("layer_scale_parameter")]
+    assert scales and all(id(p) in no_decay for p in scales)
+
+
+def test_layer_decay_defaults_to_the_encoder_depth_and_off_means_one_lr():
+    model = tiny_model("segformer")
+    scales = layer_lr_scales(model, 0.5)  # 4 MiT stages: patch embeddings 0, stages.s -> s + 1, top 5
+    for name, scale in scales.items():
+        if not name.startswith("segformer."):
+            assert scale == 1.0, name
+        elif ".patch_embeddings." in name:
+            assert scale == pytest.approx(0.5**5), name
+        else:
+            stage = int(name.split(".")[2])
+            assert scale == pytest.approx(0.5 ** (4 - stage)), name
+    assert scales["decode_head.classifier.weight"] == 1.0
+    lrs = {group["lr"] for group in parameter_groups(model, 1e-3, 0.01, layer_decay_rate=1.0)}
+    assert lrs == {1e-3}
+    assert len({group["lr"] for group in parameter_groups(model, 1e-3, 0.01, layer_decay_rate=0.5)}) == 6
