@@ -193,8 +193,9 @@ def iter_logits_at_sizes(
     options: InferenceOptions | None = None,
     pixel_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """`logits_at_sizes`, one sample at a time: without TTA, only one sample's full-size logits exist at once
-    (the batch's forward pass stays batched), so evaluation memory does not grow with the batch's image sizes."""
+    """`logits_at_sizes`, one sample at a time: only one sample's full-size logits exist at once, so evaluation
+    memory does not grow with the batch's image sizes. Without TTA the forward pass stays batched; with TTA each
+    sample's views run on their own (the same number of forward passes, batch 1)."""
     options = options or InferenceOptions()
     if options.mode == "slide" and not options.crop_size:
         raise HfsegError("slide inference needs a crop size: set --eval_crop_size")
@@ -213,14 +214,15 @@ def iter_logits_at_sizes(
         for i, size in enumerate(sizes):
             yield upsample_logits(logits[i : i + 1], size)[0]
         return
-    probabilities = [None] * len(sizes)
-    for scale, flip in views:
-        logits = _view_logits(model, pixel_values, options, scale, flip)
-        for i, size in enumerate(sizes):
-            view = upsample_logits(logits[i : i + 1], size)[0].float().softmax(0)
-            probabilities[i] = view if probabilities[i] is None else probabilities[i] + view
+    # TTA: one sample at a time, so only its full-size sum of probabilities and one view exist at once.
     tiny = torch.finfo(torch.float32).tiny  # keeps log() finite where every view gave a class ~0 probability
-    for summed in probabilities:
+    for i, size in enumerate(sizes):
+        summed = None
+        for scale, flip in views:
+            logits = _view_logits(model, pixel_values[i : i + 1], options, scale, flip)
+            view = upsample_logits(logits, size)[0].float().softmax(0)
+            summed = view if summed is None else summed.add_(view)
+            del logits, view
         yield (summed / len(views)).clamp_min(tiny).log()
 
 

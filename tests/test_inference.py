@@ -110,6 +110,27 @@ def test_multi_scale_views_are_probabilities_at_the_original_size(segformer):
 
 
 @torch.no_grad()
+def test_tta_holds_one_sample_at_full_size_at_a_time():
+    """TTA runs each sample's views on their own, so one sample's probability sum exists at a time; the batch's
+    results equal each image run alone."""
+    from hfseg.inference import iter_logits_at_sizes
+
+    model = PointwiseSegmenter()
+    pixel_values = torch.randn(3, 3, 20, 24)
+    sizes = [(40, 48), (20, 24), (30, 36)]
+    options = InferenceOptions(scales=(0.5, 1.0), flip=True)
+    generator = iter_logits_at_sizes(model, pixel_values, sizes, options)
+    first = next(generator)
+    assert len(model.seen_shapes) == 4  # the first sample's 4 views, nothing of the other samples yet
+    assert {shape[0] for shape in model.seen_shapes} == {1}
+    rest = list(generator)
+    assert len(model.seen_shapes) == 12
+    for index, logits in enumerate([first, *rest]):
+        alone = logits_at_sizes(model, pixel_values[index : index + 1], sizes[index : index + 1], options)[0]
+        assert logits.shape == (4, *sizes[index]) and torch.equal(logits, alone)
+
+
+@torch.no_grad()
 def test_padded_batch_equals_images_run_one_by_one(segformer):
     first, second = torch.randn(1, 3, 48, 64), torch.randn(1, 3, 56, 40)
     padded = torch.zeros(2, 3, 56, 64)
