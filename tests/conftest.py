@@ -16,7 +16,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The project's read-only sample data, next to the checkout (or where HFSEG_SHARED_DATA points).
+SHARED_DATA = Path(os.environ.get("HFSEG_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 TINY_SEGFORMER = {
     "hidden_sizes": [8, 16, 24, 32],
@@ -73,7 +74,9 @@ def _no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"real sample data expected at {SHARED_DATA}"
+    assert SHARED_DATA.is_dir(), (
+        f"real sample data expected at {SHARED_DATA}: check out next to shared/, or set HFSEG_SHARED_DATA"
+    )
     return SHARED_DATA
 
 
