@@ -186,6 +186,26 @@ def processor_mean_std(processor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+ALIGNMENT_BYTES = 64  # what torch's CPU allocator guarantees
+
+
+def own_aligned_storage(model):
+    """The model, with every parameter and buffer that sits at an unaligned address copied into its own memory.
+
+    Weights loaded from safetensors are views into the file's buffer, most of them not 64-byte aligned, and
+    CPU kernels then take other vector paths and round differently: the reloaded model's logits differed from
+    the in-memory one's by 2e-7, enough to flip a near-tie pixel. Freshly allocated copies make `hfseg evaluate`
+    reproduce training's evaluation exactly (and the file is no longer mapped).
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.data_ptr() % ALIGNMENT_BYTES:
+                tensor.data = tensor.data.clone()
+    return model
+
+
 def load_for_inference(name: str, revision: str = "main", trust_remote_code: bool = False):
     """A saved semantic-segmentation model (local directory or Hub id) and its image processor, in eval mode.
 
@@ -205,7 +225,7 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
         ) from None
     if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
         raise HfsegError(f"--model {name} is a '{config.model_type}' model; {_unsupported_message(config.model_type)}")
-    model = AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs)
+    model = own_aligned_storage(AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs))
     try:
         processor = AutoImageProcessor.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:

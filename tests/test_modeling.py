@@ -155,3 +155,13 @@ def test_deeplab_recipe_start_imagenet_classifier_into_deeplabv3(tmp_path):
     assert torch.equal(model.mobilenet_v2.conv_stem.first_conv.convolution.weight,
                        classifier.mobilenet_v2.conv_stem.first_conv.convolution.weight)  # fmt: skip
     assert model(pixel_values=torch.randn(1, 3, 64, 64)).logits.shape[1] == 21
+
+
+def test_loaded_weights_live_in_aligned_memory(saved_tiny_model):
+    """Weights read from safetensors are copied out of the file's buffer into 64-byte aligned memory, where CPU
+    kernels round as they do for a model built in memory."""
+    from hfseg.modeling import ALIGNMENT_BYTES, load_for_inference
+
+    model, _ = load_for_inference(str(saved_tiny_model))
+    tensors = [*model.parameters(), *model.buffers()]
+    assert tensors and all(tensor.data_ptr() % ALIGNMENT_BYTES == 0 for tensor in tensors)
