@@ -73,16 +73,26 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
 
 def load_segmentation_config(model_args, overrides: dict | None = None):
     """The config of `--model_name_or_path`, checked to be one of a semantic-segmentation model."""
-    name = model_args.model_name_or_path
+    return segmentation_config(
+        model_args.model_name_or_path,
+        "--model_name_or_path",
+        {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code, **(overrides or {})},
+        fix="pass a checkpoint directory with a config.json, a Hub id, or --model_type to start from a random init",
+    )
+
+
+def segmentation_config(name: str, flag: str, kwargs: dict, fix: str):
+    """`AutoConfig.from_pretrained(name, **kwargs)`, checked to be a semantic-segmentation model's config.
+
+    Raises:
+        HfsegError: offline for a Hub id, no readable config (the message names `flag` and gives `fix`), or a
+            model type with no semantic-segmentation class.
+    """
     require_hub("model", name)
-    kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(name, **kwargs, **(overrides or {}))
+        config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
-        raise HfsegError(
-            f"--model_name_or_path {name}: cannot load a model config ({str(error).splitlines()[0]}); pass a "
-            "checkpoint directory with a config.json, a Hub id, or --model_type to start from a random init"
-        ) from None
+        raise HfsegError(f"{flag} {name}: cannot load a model config ({str(error).splitlines()[0]}); {fix}") from None
     if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
         raise HfsegError(
             f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
@@ -215,16 +225,8 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
 
     if Path(name).is_dir():
         check_output_complete(name)
-    require_hub("model", name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as error:
-        raise HfsegError(
-            f"--model {name}: cannot read a model config ({error}); pass a saved model directory"
-        ) from None
-    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
-        raise HfsegError(f"--model {name} is a '{config.model_type}' model; {_unsupported_message(config.model_type)}")
+    config = segmentation_config(name, "--model", kwargs, fix="pass a saved model directory or a Hub id")
     model = own_aligned_storage(AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs))
     try:
         processor = AutoImageProcessor.from_pretrained(name, **kwargs)
