@@ -98,7 +98,10 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
         problems.append(Problem.from_error(error))
     if spec is None:
         return size, None, raw, problems
-    labels = spec.lookup_table(max(int(raw.max()) if raw.size else 0, 255))[raw]
+    try:
+        labels = spec.map_values(raw, mask_name)
+    except MaskError as error:
+        return size, None, None, [*problems, Problem.from_error(error)]
     values = spec.invalid_values(labels)
     if values:
         raw_bad = sorted({int(v) for v in np.unique(raw[np.isin(labels, values)])})[:8]

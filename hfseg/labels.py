@@ -98,19 +98,31 @@ class LabelSpec:
                 table[raw] = final
         return table
 
+    def map_values(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
+        """(H, W) raw mask values -> (H, W) int64 final labels through reduce-labels and the label map, unchecked.
+
+        Raises:
+            MaskError: not a 2-D mask, or negative values (which would index the lookup table from its end).
+        """
+        raw = np.asarray(raw)
+        if raw.ndim != 2:
+            raise MaskError(
+                "mask_mode", source, f"expected a single-channel mask, got shape {raw.shape}",
+                "save masks as one-channel 8- or 16-bit index PNGs",
+            )  # fmt: skip
+        if raw.size and raw.min() < 0:
+            raise MaskError(
+                "label_values", source, f"negative mask values {int(raw.min())}", "masks must hold class ids >= 0"
+            )
+        return self.lookup_table(max(int(raw.max()) if raw.size else 0, 255))[raw]
+
     def encode(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
         """(H, W) raw mask values -> (H, W) int64 labels in 0..num_labels-1 or ignore_index.
 
         Raises:
-            HfsegError: a value that is neither a class nor the ignore index, naming `source` and the fix.
+            MaskError: a value that is neither a class nor the ignore index, naming `source` and the fix.
         """
-        raw = np.asarray(raw)
-        if raw.ndim != 2:
-            raise HfsegError(f"{source}: expected a single-channel mask, got shape {raw.shape}")
-        if raw.size and raw.min() < 0:
-            raise HfsegError(f"{source}: negative mask values {int(raw.min())}")
-        max_value = max(int(raw.max()) if raw.size else 0, 255)
-        labels = self.lookup_table(max_value)[raw]
+        labels = self.map_values(raw, source)
         self.validate(labels, source)
         return labels
 

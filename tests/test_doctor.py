@@ -200,3 +200,16 @@ def test_training_error_and_doctor_problem_say_the_same(planted, name):
     if name != "outside":  # the doctor adds the raw values before mapping
         assert str(raised.value) == str(problem)
     assert raised.value.source == problem.file == mask_path
+
+
+def test_negative_mask_values_are_a_problem_not_wrapped_around(tmp_path):
+    """A 32-bit mask with a negative value is reported, as training reports it (not read from the table's end)."""
+    from hfseg.doctor import inspect_pair
+    from hfseg.labels import LabelSpec
+
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.array([[0, 1, -1, 0, 0]] * 4, dtype=np.int32), mode="I").save(tmp_path / "mask.tif")
+    spec = LabelSpec({0: "bg", 1: "a"})
+    _, labels, _, problems = inspect_pair(str(tmp_path / "image.png"), str(tmp_path / "mask.tif"), spec, "row 0")
+    assert labels is None and [problem.kind for problem in problems] == ["label_values"]
+    assert "negative mask values -1" in problems[0].found
