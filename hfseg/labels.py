@@ -98,6 +98,10 @@ class LabelSpec:
                 table[raw] = final
         return table
 
+    def labels_of(self, mask: Image.Image, source: str = "mask") -> np.ndarray:
+        """PIL mask -> (H, W) int64 training labels: `decode` (palette included), then `encode`."""
+        return self.encode(self.decode(mask, source), source)
+
     def map_values(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
         """(H, W) raw mask values -> (H, W) int64 final labels through reduce-labels and the label map, unchecked.
 

@@ -131,12 +131,9 @@ class SegmentationLoss(nn.Module):
 
 def training_masks(dataset, label_column: str, spec, limit: int):
     """Encoded (H, W) masks of the first `limit` rows of a source split (before augmentation)."""
-    from hfseg.labels import decode_mask
-
     for index in range(min(limit, len(dataset))):
         mask = dataset[index][label_column]
-        name = getattr(mask, "filename", "") or f"train row {index}"
-        yield spec.encode(decode_mask(mask, name), name)
+        yield spec.labels_of(mask, getattr(mask, "filename", "") or f"train row {index}")
 
 
 def build_loss(args, model_config, ignore_index: int = 255, train_masks: Iterable[np.ndarray] | None = None):

@@ -22,7 +22,7 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked."""
     name = describe(mask, source)
     rgb = load_rgb(image)
-    labels = spec.encode(spec.decode(mask, name), name)
+    labels = spec.labels_of(mask, name)
     check_same_size(labels.shape, rgb.size, name, describe(image, source))
     return rgb, labels
 

@@ -164,3 +164,17 @@ def test_training_masks_feed_class_weighting(tiny_synthetic):
     assert counts.sum() == sum(mask.size for mask in masks)
     weights = class_weights_from_counts(counts, "median_frequency")
     assert weights[0] < 1.0  # background is the most frequent class, so it weighs least
+
+
+def test_training_masks_decode_colour_masks_through_the_palette():
+    """Class weighting counts colour-coded masks (`--layout colormask`) through the palette, as training reads them."""
+    from PIL import Image
+
+    from hfseg.labels import LabelSpec
+    from hfseg.losses import training_masks
+
+    colours = np.zeros((4, 6, 3), dtype=np.uint8)
+    colours[:, 4:] = (255, 0, 0)
+    spec = LabelSpec({0: "ground", 1: "roof"}, palette={0: (0, 0, 0), 1: (255, 0, 0)})
+    (mask,) = training_masks([{"annotation": Image.fromarray(colours)}], "annotation", spec, limit=5)
+    np.testing.assert_array_equal(count_label_pixels([mask], 2), [16, 8])
