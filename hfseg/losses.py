@@ -106,11 +106,8 @@ class SegmentationLoss(nn.Module):
         return loss
 
     def _single(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.class_weights is not None and self.class_weights.numel() != logits.shape[1]:
-            raise HfsegError(
-                f"--class_weights has {self.class_weights.numel()} values but the model has {logits.shape[1]} "
-                "classes; give one weight per class in id order"
-            )
+        if self.class_weights is not None:
+            check_class_weights(self.class_weights.numel(), logits.shape[1])
         if logits.shape[-2:] != labels.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         logits = logits.float()
@@ -127,6 +124,15 @@ class SegmentationLoss(nn.Module):
             scale = self.dice_weight if self.loss == "ce_dice" else 1.0
             total = total + scale * dice_loss(logits, labels, self.ignore_index)
         return total
+
+
+def check_class_weights(count: int, num_labels: int) -> None:
+    """One class weight per class, or an error that says so."""
+    if count != num_labels:
+        raise HfsegError(
+            f"--class_weights has {count} values but there are {num_labels} classes; give one weight per class in "
+            "id order"
+        )
 
 
 def training_masks(dataset, label_column: str, spec, limit: int):
@@ -151,11 +157,8 @@ def build_loss(args, model_config, ignore_index: int = 255, train_masks: Iterabl
             raise HfsegError(f"--class_weighting {args.class_weighting} needs the training masks to count pixels")
         counts = count_label_pixels(train_masks, num_labels, ignore_index)
         class_weights = class_weights_from_counts(counts, args.class_weighting)
-    if class_weights is not None and len(class_weights) != num_labels:
-        raise HfsegError(
-            f"--class_weights has {len(class_weights)} values but there are {num_labels} classes; "
-            "give one weight per class in id order"
-        )
+    if class_weights is not None:
+        check_class_weights(len(class_weights), num_labels)
     aux_loss_weight = args.aux_loss_weight
     if aux_loss_weight is None:
         aux_loss_weight = getattr(model_config, "auxiliary_loss_weight", 0.4)
