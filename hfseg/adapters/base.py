@@ -55,18 +55,28 @@ class Problem:
         return cls(error.kind, error.source, error.found, error.fix)
 
 
-def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> DatasetDict:
-    """Return a DatasetDict with `train` and `validation`, honouring the split flags and sample caps."""
+def split_names(dataset, data_args) -> tuple[str, str | None]:
+    """(train split, validation split or None) a source's splits give under `--train_split`/`--validation_split`:
+    the named validation split, else the first of validation/val/valid/test that is not the train split.
+
+    Raises:
+        HfsegError: a named split that the source does not have.
+    """
     train_split = data_args.train_split
     if train_split not in dataset:
         raise HfsegError(f"split '{train_split}' not found (splits: {list(dataset)}); set --train_split")
     validation_split = data_args.validation_split
     if validation_split is None:
-        validation_split = next(
-            (name for name in VALIDATION_SPLIT_NAMES if name in dataset and name != train_split), None
-        )
-    elif validation_split not in dataset:
+        found = (name for name in VALIDATION_SPLIT_NAMES if name in dataset and name != train_split)
+        return train_split, next(found, None)
+    if validation_split not in dataset:
         raise HfsegError(f"split '{validation_split}' not found (splits: {list(dataset)}); set --validation_split")
+    return train_split, validation_split
+
+
+def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> DatasetDict:
+    """Return a DatasetDict with `train` and `validation`, honouring the split flags and sample caps."""
+    train_split, validation_split = split_names(dataset, data_args)
     if validation_split is None:
         held_out = dataset[train_split].train_test_split(test_size=data_args.validation_fraction, seed=seed)
         splits = {"train": held_out["train"], "validation": held_out["test"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
 from hfseg.adapters.ade20k_classes import ADE20K_CLASSES
-from hfseg.adapters.base import VALIDATION_SPLIT_NAMES, SourceData
+from hfseg.adapters.base import SourceData, split_names
 from hfseg.errors import HfsegError
 from hfseg.network import hub_offline, require_hub
 
@@ -156,15 +156,8 @@ def _id2label_from_features(dataset: Dataset, label_column: str) -> dict[int, st
 def split_streaming(dataset: IterableDatasetDict, data_args) -> IterableDatasetDict:
     """`train` and `validation` of a streamed source: named splits, or the first --max_eval_samples rows of
     the train stream held out; --max_train_samples / --max_eval_samples cap them with `take`."""
-    train_split = data_args.train_split
-    if train_split not in dataset:
-        raise HfsegError(f"split '{train_split}' not found (splits: {list(dataset)}); set --train_split")
+    train_split, validation_split = split_names(dataset, data_args)
     train = dataset[train_split]
-    validation_split = data_args.validation_split or next(
-        (name for name in VALIDATION_SPLIT_NAMES if name in dataset and name != train_split), None
-    )
-    if validation_split is not None and validation_split not in dataset:
-        raise HfsegError(f"split '{validation_split}' not found (splits: {list(dataset)}); set --validation_split")
     if validation_split is None:
         if not data_args.max_eval_samples:
             raise HfsegError(
