@@ -25,8 +25,8 @@ NO_DECAY_NAME_PATTERNS = (
 # Encoder parameters at the bottom of layer-wise lr decay (id 0): stems, patch/position embeddings and, as in
 # mmsegmentation's stage-wise ConvNeXt rule, the downsampling layers between stages.
 EMBEDDING_NAME_PATTERN = re.compile(r"embed|stem|cls_token|mask_token|downsampl")
-# The block or stage a parameter belongs to: stages.N (ConvNeXt), layers.N (Swin), layer.N (BEiT, ViT/DPT),
-# block.N (MiT/SegFormer).
+# The block or stage a parameter belongs to: stages.N (ConvNeXt; MiT/SegFormer in transformers 5), layers.N (Swin),
+# layer.N (BEiT, ViT/DPT), block.N (older MiT naming).
 BLOCK_INDEX_PATTERN = re.compile(r"(?:^|\.)(?:stages|layers|layer|block)\.(\d+)\.")
 
 
