@@ -16,8 +16,27 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project's read-only sample data, next to the checkout (or where HFSEG_SHARED_DATA points).
-SHARED_DATA = Path(os.environ.get("HFSEG_SHARED_DATA") or ROOT.parent / "shared" / "data")
+
+
+def find_shared_data() -> Path:
+    """The project's read-only sample data: $HFSEG_SHARED_DATA, else `shared/data` next to this checkout, else
+    next to the checkout this one was cloned from (a fresh clone in a temporary folder)."""
+    if os.environ.get("HFSEG_SHARED_DATA"):
+        return Path(os.environ["HFSEG_SHARED_DATA"])
+    candidates = [ROOT.parent / "shared" / "data"]
+    config = ROOT / ".git" / "config"
+    if config.is_file():
+        import configparser
+
+        parser = configparser.ConfigParser(strict=False)
+        parser.read(config)
+        origin = parser.get('remote "origin"', "url", fallback="")
+        if origin and Path(origin).is_dir():  # a local clone: its origin is a folder
+            candidates.append(Path(origin).resolve().parent / "shared" / "data")
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+SHARED_DATA = find_shared_data()
 
 TINY_SEGFORMER = {
     "hidden_sizes": [8, 16, 24, 32],
@@ -75,7 +94,8 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), (
-        f"real sample data expected at {SHARED_DATA}: check out next to shared/, or set HFSEG_SHARED_DATA"
+        f"real sample data expected at {SHARED_DATA}: check out next to shared/ (or clone from such a checkout), "
+        "or set HFSEG_SHARED_DATA"
     )
     return SHARED_DATA
 
