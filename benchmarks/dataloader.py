@@ -73,10 +73,10 @@ def measure_pipeline(config: dict) -> dict:
     import torch
     from transformers import SegformerImageProcessor, default_data_collator
 
-    from hfseg.collate import collate_segmentation
-    from hfseg.labels import LabelSpec
-    from hfseg.preprocess import attach_transform
-    from hfseg.transforms import TrainTransform
+    from hfseg.data.collate import collate_segmentation
+    from hfseg.data.labels import LabelSpec
+    from hfseg.data.preprocess import attach_transform
+    from hfseg.data.transforms import TrainTransform
 
     torch.manual_seed(0)
     dataset = build_dataset(config["num_images"], tuple(config["base_size"]))

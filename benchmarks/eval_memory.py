@@ -123,11 +123,11 @@ def run_configuration(config: dict) -> dict:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
     from transformers.data.data_collator import default_data_collator
 
-    from hfseg.collate import collate_segmentation
     from hfseg.config import SegTrainingArguments
-    from hfseg.metrics import TrainerSegmentationMetrics
-    from hfseg.trainer import SegTrainer
-    from hfseg.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+    from hfseg.data.collate import collate_segmentation
+    from hfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+    from hfseg.evaluation.metrics import TrainerSegmentationMetrics
+    from hfseg.training.trainer import SegTrainer
 
     torch.manual_seed(0)
     num_labels, input_size, ignore_index = config["num_labels"], config["input_size"], 255

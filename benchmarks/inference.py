@@ -2,8 +2,8 @@
 
 The same random-init SegFormer (B0 sizes, 150 labels), saved once per process to a temporary directory with
 its image processor (no download), predicts the same ADE20K-sized images:
-- ours: `hfseg.inference.predict_masks` in batches (whole-image mode: one forward pass at the processor's size,
-  logits upsampled to each image's size, argmax) -> one (H, W) class map per image;
+- ours: `hfseg.evaluation.inference.predict_masks` in batches (whole-image mode: one forward pass at the
+  processor's size, logits upsampled to each image's size, argmax) -> one (H, W) class map per image;
 - baseline: `pipeline("image-segmentation", model=<dir>)` called once per image, as its documentation shows ->
   one PIL mask per class present.
 Each (method, mode) runs in a fresh process; one warm-up image is not timed.
@@ -30,8 +30,8 @@ from common import (
 NAME = "inference"
 
 # --- inference modes ------------------------------------------------------------------------------------------
-# `hfseg.inference.InferenceOptions` fields for each measured mode: whole image; sliding windows (image resized
-# keeping its ratio to the model's input size on the short side, windows of that size, stride 2/3); and
+# `hfseg.evaluation.inference.InferenceOptions` fields for each measured mode: whole image; sliding windows
+# (image resized keeping its ratio to the model's input size on the short side, windows of that size, stride 2/3); and
 # multi-scale + flip TTA on the whole image (6 views).
 MODES: dict[str, dict] = {
     "whole": {},
@@ -67,8 +67,8 @@ def predict_with_hfseg(directory: str, images, batch_size: int, mode: dict):
     """
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
-    from hfseg.modeling import processor_input_size
+    from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
+    from hfseg.models.build import processor_input_size
 
     model = AutoModelForSemanticSegmentation.from_pretrained(directory).eval()
     processor = AutoImageProcessor.from_pretrained(directory)
@@ -182,7 +182,7 @@ def main() -> None:
     print(f"\n{NAME}: {setting}")
     print(format_table(headers, rows))
     if missing:
-        print(f"not measured (not in hfseg.inference yet): {', '.join(missing)}")
+        print(f"not measured (not in hfseg.evaluation.inference yet): {', '.join(missing)}")
     print(machine_line(info))
     payload = {"machine": info, "settings": base, "modes": list(modes), "modes_missing": missing, "results": results}
     path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})

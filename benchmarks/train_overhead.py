@@ -38,9 +38,9 @@ def run_configuration(config: dict) -> dict:
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, TrainerCallback
 
-    from hfseg.collate import collate_segmentation
     from hfseg.config import SegTrainingArguments
-    from hfseg.trainer import SegTrainer
+    from hfseg.data.collate import collate_segmentation
+    from hfseg.training.trainer import SegTrainer
 
     torch.manual_seed(0)
     size, batch_size, num_labels = config["crop_size"], config["batch_size"], config["num_labels"]

@@ -1,11 +1,11 @@
 """hfseg: fine-tune, evaluate and ship semantic-segmentation models on the Hugging Face stack."""
 
 from hfseg.config import DataArguments, ModelArguments, SegTrainingArguments, parse_args
+from hfseg.data.labels import LabelSpec
+from hfseg.data.synthetic import make_synthetic_dataset
 from hfseg.errors import HfsegError
-from hfseg.labels import LabelSpec
-from hfseg.metrics import StreamingSegmentationMetric, compute_segmentation_metrics
-from hfseg.synthetic import make_synthetic_dataset
-from hfseg.trainer import SegTrainer
+from hfseg.evaluation.metrics import StreamingSegmentationMetric, compute_segmentation_metrics
+from hfseg.training.trainer import SegTrainer
 
 __version__ = "0.1.0"
 

@@ -6,10 +6,13 @@ import sys
 
 SUBCOMMANDS = {
     "finetune": ("hfseg.finetune", "fine-tune a model (same flags as hfseg/finetune.py)"),
-    "evaluate": ("hfseg.evaluation", "score a saved model: per-class table, eval_results.json, confusion matrix"),
-    "predict": ("hfseg.predict", "segment images: index-mask PNGs and overlays"),
-    "doctor": ("hfseg.doctor", "check a data source (pairs, sizes, label values) before training on it"),
-    "push": ("hfseg.push", "push a finished run to the Hugging Face Hub (OUTPUT_DIR --repo_id ID)"),
+    "evaluate": (
+        "hfseg.evaluation.evaluate_model",
+        "score a saved model: per-class table, eval_results.json, confusion matrix",
+    ),
+    "predict": ("hfseg.evaluation.predict", "segment images: index-mask PNGs and overlays"),
+    "doctor": ("hfseg.data.doctor", "check a data source (pairs, sizes, label values) before training on it"),
+    "push": ("hfseg.hub.push", "push a finished run to the Hugging Face Hub (OUTPUT_DIR --repo_id ID)"),
 }
 
 

@@ -14,24 +14,24 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from hfseg.adapters import build_label_spec, load_source
-from hfseg.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
-from hfseg.collate import collate_segmentation
 from hfseg.config import parse_args, save_resolved_config
-from hfseg.determinism import seed_samples
-from hfseg.doctor import check_source
+from hfseg.data.adapters import build_label_spec, load_source
+from hfseg.data.collate import collate_segmentation
+from hfseg.data.determinism import seed_samples
+from hfseg.data.doctor import check_source
+from hfseg.data.preprocess import attach_transform, encode_pair
+from hfseg.data.transforms import TrainTransform
 from hfseg.errors import strip_debug, user_errors_exit
-from hfseg.hub import write_model_card
-from hfseg.inference import InferenceOptions, eval_transform_for, predict_masks
-from hfseg.interrupts import train
-from hfseg.losses import build_loss, training_masks
-from hfseg.metrics import TrainerSegmentationMetrics
-from hfseg.modeling import build_image_processor, build_model, processor_input_size, processor_mean_std
-from hfseg.preprocess import attach_transform, encode_pair
-from hfseg.push import prepare_hub_push, push_finished_run
-from hfseg.trainer import SegTrainer
-from hfseg.transforms import TrainTransform
-from hfseg.visualize import save_prediction_grid, save_training_curves
+from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
+from hfseg.evaluation.metrics import TrainerSegmentationMetrics
+from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
+from hfseg.hub.card import write_model_card
+from hfseg.hub.push import prepare_hub_push, push_finished_run
+from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
+from hfseg.models.losses import build_loss, training_masks
+from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
+from hfseg.training.interrupts import train
+from hfseg.training.trainer import SegTrainer
 
 logger = logging.getLogger("hfseg")
 

@@ -102,7 +102,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_synthetic():
-    from hfseg.synthetic import make_synthetic_dataset
+    from hfseg.data.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(train_size=16, eval_size=6, seed=1, min_size=48, max_size=80)
 
@@ -111,7 +111,7 @@ def tiny_model(model_type: str = "segformer", num_labels: int = 5):
     import json
 
     from hfseg.config import ModelArguments
-    from hfseg.modeling import build_model
+    from hfseg.models.build import build_model
 
     overrides = TINY_SEGFORMER if model_type == "segformer" else TINY_UPERNET
     args = ModelArguments(model_type=model_type, config_overrides=json.dumps(overrides))
@@ -139,7 +139,7 @@ def save_tiny_model(directory, id2label: dict[int, str], image_size: int = 64):
     from transformers import SegformerImageProcessor
 
     from hfseg.config import ModelArguments
-    from hfseg.modeling import build_model
+    from hfseg.models.build import build_model
 
     model = build_model(ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER)), id2label)
     model.save_pretrained(directory)
@@ -151,6 +151,6 @@ def save_tiny_model(directory, id2label: dict[int, str], image_size: int = 64):
 @pytest.fixture(scope="session")
 def saved_tiny_model(tmp_path_factory):
     """A saved tiny SegFormer for the synthetic classes (model dir for evaluate / predict / pipeline tests)."""
-    from hfseg.synthetic import SYNTHETIC_ID2LABEL
+    from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model"), SYNTHETIC_ID2LABEL)

@@ -39,7 +39,7 @@ def test_evaluate_style_mean_iou_matches_hand_worked_numbers(eval_memory_module)
 
 
 def test_evaluate_style_mean_iou_agrees_with_hfseg_metrics(eval_memory_module):
-    from hfseg.metrics import compute_segmentation_metrics
+    from hfseg.evaluation.metrics import compute_segmentation_metrics
 
     rng = np.random.default_rng(0)
     references = [rng.integers(0, 6, size=(9, 11)) for _ in range(3)]

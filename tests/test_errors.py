@@ -15,16 +15,16 @@ from conftest import ROOT, tiny_run_args
 from datasets import Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from hfseg.checkpoints import (
+from hfseg.config import parse_args
+from hfseg.errors import HfsegError
+from hfseg.finetune import main
+from hfseg.training.checkpoints import (
     INCOMPLETE_MARKER,
     STAGING_DIR_NAME,
     latest_complete_checkpoint,
     mark_incomplete,
     prepare_output_dir,
 )
-from hfseg.config import parse_args
-from hfseg.errors import HfsegError
-from hfseg.finetune import main
 
 
 def run_main(capsys, argv: list[str]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT, tiny_run_args
 
-from hfseg.synthetic import make_synthetic_dataset
+from hfseg.data.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_training_curves_png_shows_loss_and_miou(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from hfseg.visualize import save_training_curves
+    from hfseg.evaluation.visualize import save_training_curves
 
     history = [{"step": step, "loss": 2.0 / step} for step in range(1, 11)]
     history += [{"step": step, "eval_mean_iou": step / 12} for step in (5, 10)]

@@ -1,0 +1,197 @@
+"""`hfseg evaluate`: score a saved model on a data set at the labels' original resolution.
+
+hfseg evaluate --model DIR --dataset_name ID|DIR [--eval_mode slide --eval_flip] --output_dir OUT [--worst K]
+accelerate launch -m hfseg.evaluation.evaluate_model ...  # the same, over several processes (exactly the same numbers)
+
+Runs `SegTrainer.evaluate` (per-sample confusion matrices, gathered without the distributed sampler's
+duplicates), prints a per-class table and writes OUT/eval_results.json, OUT/confusion_matrix.png and,
+with --worst K, OUT/worst_images.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from hfseg.config import DataArguments, SegTrainingArguments
+from hfseg.data.adapters import build_label_spec, open_source
+from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, split_train_validation
+from hfseg.data.collate import collate_segmentation
+from hfseg.data.labels import LabelSpec
+from hfseg.data.preprocess import attach_transform, encode_pair
+from hfseg.errors import HfsegError, strip_debug, user_errors_exit
+from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
+from hfseg.evaluation.metrics import TrainerSegmentationMetrics, format_per_class_table
+from hfseg.evaluation.visualize import save_confusion_matrix, save_prediction_grid
+from hfseg.models.build import load_for_inference, processor_input_size
+from hfseg.training.trainer import SegTrainer
+
+logger = logging.getLogger("hfseg")
+
+RESULTS_NAME = "eval_results.json"
+CONFUSION_NAME = "confusion_matrix.png"
+WORST_NAME = "worst_images.png"
+
+
+@dataclass
+class EvaluateArguments:
+    model: str | None = field(
+        default=None, metadata={"help": "Saved model directory (hfseg finetune's output_dir) or Hub id."}
+    )
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split to evaluate (default: --validation_split, else validation/val/test, else the part of "
+            "train that hfseg finetune holds out)."
+        },
+    )
+    worst: int = field(
+        default=0,
+        metadata={"help": "Also save worst_images.png: the K images with the lowest per-image mIoU."},
+    )
+    revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own Python code to run."})
+
+
+def parse_evaluate_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((EvaluateArguments, DataArguments, SegTrainingArguments))
+    parser.prog = "hfseg evaluate"
+    parser.set_defaults(output_dir="outputs/eval")
+    try:
+        evaluate_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as error:
+        raise HfsegError(f"invalid configuration: {error}") from None
+    if not evaluate_args.model:
+        raise HfsegError("no model given: pass --model DIR (a saved model, e.g. hfseg finetune's output_dir)")
+    if evaluate_args.worst < 0:
+        raise HfsegError(f"--worst is {evaluate_args.worst}; pass a number of images >= 0")
+    if getattr(data_args, "streaming", False):
+        raise HfsegError("--streaming: hfseg evaluate needs a data set it can index; leave --streaming out")
+    if data_args.dataset_name == "synthetic":  # validation images do not depend on the train size
+        data_args = dataclasses.replace(data_args, synthetic_train_size=1)
+    return evaluate_args, data_args, training_args
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> dict:
+    evaluate_args, data_args, training_args = parse_evaluate_args(strip_debug(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    # Model -> labels -> data at the mode's resolution.
+    model, processor = load_for_inference(evaluate_args.model, evaluate_args.revision, evaluate_args.trust_remote_code)
+    source = open_source(data_args, seed=training_args.seed)
+    spec = label_spec_for(model, source, data_args)
+    rows = evaluation_split(source, data_args, evaluate_args.split, training_args.seed)
+    options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
+    eval_transform = eval_transform_for(processor, options)
+    dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform)
+
+    # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
+    metric = TrainerSegmentationMetrics(spec.id2label, data_args.ignore_index, keep_per_sample=evaluate_args.worst > 0)
+    trainer = SegTrainer(
+        model=model,
+        args=training_args,
+        eval_dataset=dataset,
+        data_collator=functools.partial(collate_segmentation, ignore_index=data_args.ignore_index),
+        compute_metrics=metric,
+        processing_class=processor,
+        ignore_index=data_args.ignore_index,
+        inference_options=options,
+    )
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"\n{evaluate_args.model} on {len(rows)} images, inference: {options.describe()}\n")
+        print(format_per_class_table(metrics, spec.id2label) + "\n")
+        results = {
+            **metrics,
+            "model": evaluate_args.model,
+            "num_images": len(rows),
+            "inference": dataclasses.asdict(options),
+            "id2label": {str(k): v for k, v in spec.id2label.items()},
+            "confusion_matrix": metric.last_confusion.tolist(),
+        }
+        save_confusion_matrix(metric.last_confusion, spec.id2label, output_dir / CONFUSION_NAME)
+        if evaluate_args.worst:
+            results["worst_images"] = save_worst_images(
+                trainer.model, rows, source, spec, eval_transform, options, metric.per_sample_iou,
+                evaluate_args.worst, output_dir / WORST_NAME,
+            )  # fmt: skip
+        (output_dir / RESULTS_NAME).write_text(compact_json(results))
+        logger.info("wrote %s, %s%s to %s", RESULTS_NAME, CONFUSION_NAME,
+                    f", {WORST_NAME}" if evaluate_args.worst else "", output_dir)  # fmt: skip
+    return metrics
+
+
+def compact_json(data) -> str:
+    """JSON with two-space indents, but lists of numbers (confusion-matrix rows, per-class values) on one line."""
+    text = json.dumps(data, indent=2)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text)
+
+
+def label_spec_for(model, source, data_args) -> LabelSpec:
+    """The data's label convention with the model's class names; a source that names its classes must have
+    as many as the model (a source that does not is taken to use the model's ids)."""
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    if source.id2label is not None and len(source.id2label) != len(id2label):
+        raise HfsegError(
+            f"the data have {len(source.id2label)} classes but the model has {len(id2label)}; evaluate on the data "
+            "the model was trained for, or pass --id2label_file / --reduce_labels to match its classes"
+        )
+    source.id2label = id2label
+    return build_label_spec(source, data_args)
+
+
+def evaluation_split(source, data_args, split: str | None, seed: int):
+    """`--split`, else `--validation_split`, else validation/val/test, else the part of train that
+    `hfseg finetune` holds out (same seed, same fraction); capped by `--max_eval_samples`."""
+    splits = source.dataset
+    name = split or data_args.validation_split or next((n for n in VALIDATION_SPLIT_NAMES if n in splits), None)
+    if name is None:
+        return split_train_validation(splits, data_args, seed)["validation"]
+    if name not in splits:
+        raise HfsegError(f"split '{name}' not found (splits: {list(splits)}); set --split")
+    dataset = splits[name]
+    if data_args.max_eval_samples is not None and len(dataset) > data_args.max_eval_samples:
+        dataset = dataset.select(range(data_args.max_eval_samples))
+    if len(dataset) == 0:
+        raise HfsegError(f"split '{name}' is empty; set --split to a split with images")
+    return dataset
+
+
+def save_worst_images(model, rows, source, spec, transform, options, per_sample_iou, count, path) -> list[dict]:
+    """Gallery of the `count` images with the lowest mIoU (image | truth | prediction); returns their
+    indices and scores. Images without labelled pixels (NaN mIoU) are left out."""
+    if len(per_sample_iou) != len(rows):
+        raise RuntimeError(f"{len(per_sample_iou)} per-image scores for {len(rows)} images")
+    scored = sorted((iou, index) for index, iou in enumerate(per_sample_iou) if not math.isnan(iou))
+    worst = [(index, iou) for iou, index in scored[:count]]
+    if not worst:
+        return []
+    pairs = [
+        encode_pair(rows[index][source.image_column], rows[index][source.label_column], spec, f"row {index}")
+        for index, _ in worst
+    ]
+    predictions = predict_masks(model, [image for image, _ in pairs], transform, batch_size=1, options=options)
+    save_prediction_grid(
+        [(image, truth, prediction.numpy()) for (image, truth), prediction in zip(pairs, predictions, strict=True)],
+        spec.id2label,
+        path,
+        title=f"{len(worst)} lowest per-image mIoU",
+        row_titles=[f"#{index}  mIoU {iou:.3f}" for index, iou in worst],
+    )
+    return [{"index": index, "mean_iou": iou} for index, iou in worst]
+
+
+if __name__ == "__main__":
+    main()

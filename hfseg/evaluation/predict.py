@@ -1,0 +1,203 @@
+"""`hfseg predict`: segment an image or a folder of images with a saved model.
+
+hfseg predict --model DIR --input FILE|DIR --output OUT [--eval_mode slide --eval_flip] [--batch_size 8]
+
+Writes OUT/<stem>.png, the index mask at the image's own size (pixel value = class id; a palette PNG
+coloured with the model's palette, 16-bit grayscale above 256 classes), and OUT/overlays/<stem>.png.
+Folders keep their sub-folder structure. Every file is accounted for: files that are not images are
+listed, images that cannot be read are named and make the command fail after the others are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import HfArgumentParser
+
+from hfseg.config import SegTrainingArguments
+from hfseg.data.labels import load_rgb
+from hfseg.errors import HfsegError, strip_debug, user_errors_exit
+from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_logits
+from hfseg.evaluation.visualize import make_palette, overlay
+from hfseg.models.build import load_for_inference, processor_input_size
+
+logger = logging.getLogger("hfseg")
+
+OVERLAY_DIR = "overlays"
+
+
+@dataclass
+class PredictArguments:
+    model: str | None = field(default=None, metadata={"help": "Saved model directory or Hub id."})
+    input: str | None = field(
+        default=None, metadata={"help": "An image file or a folder of images (searched recursively)."}
+    )
+    output: str = field(default="outputs/predictions", metadata={"help": "Folder for the masks and overlays."})
+    batch_size: int = field(default=4, metadata={"help": "Images per forward pass."})
+    overlays: bool = field(
+        default=True, metadata={"help": "Also write OUT/overlays/<stem>.png, the masks over the images."}
+    )
+    overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask colours in the overlays."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
+    revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own Python code to run."})
+
+
+def inference_arguments_class():
+    """A dataclass of the `--eval_*` inference fields of `SegTrainingArguments` (one definition, two tools)."""
+    hints = typing.get_type_hints(SegTrainingArguments)
+    names = {f"eval_{name}" for name in InferenceOptions.__dataclass_fields__}
+    fields = [
+        (f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in dataclasses.fields(SegTrainingArguments)
+        if f.name in names
+    ]
+    return dataclasses.make_dataclass("InferenceArguments", fields)
+
+
+def parse_predict_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((PredictArguments, inference_arguments_class()))
+    parser.prog = "hfseg predict"
+    try:
+        predict_args, inference_args = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as error:
+        raise HfsegError(f"invalid configuration: {error}") from None
+    if not predict_args.model or not predict_args.input:
+        raise HfsegError("pass --model DIR (a saved model) and --input FILE|DIR (the images to segment)")
+    if predict_args.batch_size < 1:
+        raise HfsegError(f"--batch_size is {predict_args.batch_size}; it must be at least 1")
+    return predict_args, InferenceOptions.from_arguments(inference_args)
+
+
+def list_inputs(input_path: Path, output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under `input_path`, sorted; hidden files and `output_dir` are left out."""
+    if not input_path.exists():
+        raise HfsegError(f"--input {input_path} does not exist; pass an image file or a folder of images")
+    if input_path.is_file():
+        return [input_path], []
+    extensions = {extension.lower() for extension in Image.registered_extensions()}
+    images, others = [], []
+    for path in sorted(input_path.rglob("*")):
+        relative = path.relative_to(input_path)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if output_dir.resolve() in path.resolve().parents:
+            continue
+        (images if path.suffix.lower() in extensions else others).append(path)
+    return images, others
+
+
+def output_names(images: list[Path], input_path: Path) -> list[Path]:
+    """<relative folder>/<stem>.png for each image; two images that would share a name are an error."""
+    root = input_path if input_path.is_dir() else input_path.parent
+    names = [path.relative_to(root).with_suffix(".png") for path in images]
+    seen: dict[Path, Path] = {}
+    for path, name in zip(images, names, strict=True):
+        if name in seen:
+            raise HfsegError(
+                f"{seen[name]} and {path} would both be written as {name}; rename one of them or predict the folders "
+                "separately"
+            )
+        seen[name] = path
+    return names
+
+
+def read_image(path: Path) -> Image.Image:
+    """Any image file -> RGB (EXIF orientation applied; 16-bit/float grayscale scaled to 8 bits; first frame)."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise HfsegError(f"{path}: cannot read the image ({error})") from None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+        image = Image.fromarray(array.round().astype(np.uint8), mode="L")
+    return load_rgb(image)
+
+
+def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """(H, W) class ids -> palette PNG (up to 256 classes) or 16-bit grayscale PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(palette) <= 256:
+        image = Image.fromarray(mask.astype(np.uint8), mode="P")
+        image.putpalette(palette.astype(np.uint8).reshape(-1).tolist())
+    else:
+        image = Image.fromarray(mask.astype(np.uint16))
+    image.save(path)
+
+
+def model_palette(config) -> np.ndarray:
+    """The model's palette (`config.palette`, when it has one) or hfseg's deterministic one."""
+    palette = getattr(config, "palette", None)
+    if palette is not None and len(palette) >= config.num_labels:
+        return np.asarray(palette, dtype=np.uint8)[: config.num_labels]
+    return make_palette(config.num_labels)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> list[Path]:
+    predict_args, options = parse_predict_args(strip_debug(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from tqdm.auto import tqdm
+
+    model, processor = load_for_inference(predict_args.model, predict_args.revision, predict_args.trust_remote_code)
+    device = predict_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    options = options.with_input_size(processor_input_size(processor))
+    transform = eval_transform_for(processor, options)
+    palette = model_palette(model.config)
+
+    input_path, output_dir = Path(predict_args.input), Path(predict_args.output)
+    images, others = list_inputs(input_path, output_dir)
+    if others:
+        shown = ", ".join(str(path) for path in others[:5]) + (" ..." if len(others) > 5 else "")
+        logger.warning("%d files are not images (by extension) and were not segmented: %s", len(others), shown)
+    if not images:
+        raise HfsegError(f"--input {input_path}: no image files found (extensions: .png, .jpg, .tif, ...)")
+    names = output_names(images, input_path)
+    written, failed = [], []
+    progress = tqdm(total=len(images), desc="predict", unit="img")
+    for start in range(0, len(images), predict_args.batch_size):
+        batch = []
+        for path, name in zip(
+            images[start : start + predict_args.batch_size],
+            names[start : start + predict_args.batch_size],
+            strict=True,
+        ):
+            try:
+                batch.append((read_image(path), name))
+            except HfsegError as error:
+                failed.append(str(error))
+        if batch:
+            logits = predict_logits(model, [image for image, _ in batch], transform, options)
+            for (image, name), image_logits in zip(batch, logits, strict=True):
+                mask = image_logits.argmax(0).cpu().numpy()
+                save_mask(mask, palette, output_dir / name)
+                if predict_args.overlays:
+                    overlay_path = output_dir / OVERLAY_DIR / name
+                    overlay_path.parent.mkdir(parents=True, exist_ok=True)
+                    overlay(image, mask, palette, predict_args.overlay_alpha).save(overlay_path)
+                written.append(output_dir / name)
+        progress.update(min(predict_args.batch_size, len(images) - start))
+    progress.close()
+    logger.info(
+        "wrote %d masks to %s%s (inference: %s)", len(written), output_dir,
+        f" and overlays to {output_dir / OVERLAY_DIR}" if predict_args.overlays else "", options.describe(),
+    )  # fmt: skip
+    if failed:
+        raise HfsegError(f"{len(failed)} of {len(images)} images could not be read: " + "; ".join(failed[:10]))
+    return written
+
+
+if __name__ == "__main__":
+    main()

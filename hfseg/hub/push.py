@@ -1,0 +1,253 @@
+"""Publish a finished run on the Hugging Face Hub: safetensors weights, config with id2label, image processor,
+model card, eval results, pictures and the resolved recipe; transient failures are retried.
+
+hfseg push OUTPUT_DIR --repo_id NAME/MODEL [--private] [--revision BRANCH]
+
+The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and is handed to it only:
+hfseg never prints, logs or saves it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+from transformers import HfArgumentParser
+
+from hfseg.errors import HfsegError, strip_debug, user_errors_exit
+from hfseg.hub.card import CARD_NAME, card_from_run
+from hfseg.training.checkpoints import check_output_complete
+
+logger = logging.getLogger("hfseg")
+
+# Top-level files of a run that are published; pickles (training_args.bin, optimizer states) never are.
+PUSH_PATTERNS = (
+    "*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json",
+    "processor_config.json", CARD_NAME, "eval_results.json", "predictions.png", "training_curves.png",
+    "hfseg_config.yaml",
+)  # fmt: skip
+# Left in the repo root by Trainer's own checkpoint pushes (--hub_strategy every_save); removed by the final push.
+STALE_PATTERNS = ["training_args.bin", "pytorch_model*.bin"]
+TOKEN_HELP = "set HF_TOKEN or run `hf auth login` (a token with write access)"
+
+
+@dataclass
+class PushArguments:
+    output_dir: str = field(metadata={"help": "Folder of a finished `hfseg finetune` run (also positional)."})
+    repo_id: str = field(metadata={"help": "Hub model repo to push to: NAME/MODEL (created if missing)."})
+    private: bool = field(default=False, metadata={"help": "Create the repo private (no effect if it exists)."})
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch to push to (created from main if missing); default: main."}
+    )
+    commit_message: str | None = field(default=None, metadata={"help": "Commit message on the Hub."})
+    keep_card: bool = field(
+        default=False,
+        metadata={"help": "Upload README.md as it is instead of rebuilding the card with the repo id in its snippet."},
+    )
+    max_attempts: int = field(default=4, metadata={"help": "Tries per Hub call on transient failures (5xx, network)."})
+    retry_delay: float = field(
+        default=2.0, metadata={"help": "Seconds before the first retry; doubles after each failed attempt."}
+    )
+
+
+def files_to_push(output_dir: str | Path) -> list[str]:
+    """Names of the top-level files of `output_dir` that a push uploads (sorted).
+
+    Raises:
+        HfsegError: when the folder holds no safetensors weights.
+    """
+    output_dir = Path(output_dir)
+    names = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in PUSH_PATTERNS)
+    )
+    if not any(name.endswith(".safetensors") for name in names):
+        raise HfsegError(
+            f"{output_dir}: no *.safetensors weights to push (only safetensors are published); save the model with "
+            "save_pretrained(..., safe_serialization=True) or point at the output_dir of an hfseg finetune run"
+        )
+    return names
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures worth retrying: Hub 5xx/429 answers, dropped connections and timeouts."""
+    if isinstance(error, OfflineModeIsEnabled):
+        return False
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return status is None or status == 429 or status >= 500
+    return isinstance(error, (HTTPError, ConnectionError, TimeoutError))
+
+
+def with_retries(
+    action: Callable, what: str, max_attempts: int = 4, retry_delay: float = 2.0, sleep: Callable = time.sleep
+):
+    """`action()`, retried up to `max_attempts` times on transient failures with exponential backoff.
+
+    Args:
+        sleep: called with the delay in seconds between attempts (tests pass a recorder instead of `time.sleep`).
+    """
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return action()
+        except Exception as error:
+            if attempt == max_attempts or not is_transient(error):
+                raise
+            delay = retry_delay * 2 ** (attempt - 1)
+            logger.warning(
+                "%s failed (%s: %s); attempt %d of %d, retrying in %.1f s",
+                what, type(error).__name__, _first_line(error), attempt, max_attempts, delay,
+            )  # fmt: skip
+            sleep(delay)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def retry_command(output_dir: str | Path, repo_id: str, private: bool | None, revision: str | None) -> str:
+    """The `hfseg push` command line that repeats a push."""
+    command = f"hfseg push {output_dir} --repo_id {repo_id}"
+    if revision:
+        command += f" --revision {revision}"
+    if private:
+        command += " --private"
+    return command
+
+
+def push_run(
+    output_dir: str | Path,
+    repo_id: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    rebuild_card: bool = True,
+    max_attempts: int = 4,
+    retry_delay: float = 2.0,
+    sleep: Callable = time.sleep,
+) -> str:
+    """Create `repo_id` (and branch `revision`) if needed and upload the run's publishable files in one commit.
+
+    The card is rebuilt from the run's files so that its usage snippet names `repo_id` (unless `rebuild_card` is
+    False). Files already in the local folder are never deleted or moved, whatever happens.
+
+    Args:
+        token: default: huggingface_hub's own lookup (HF_TOKEN, then the `hf auth login` file).
+        sleep: receives the backoff delays (seconds) between attempts.
+
+    Returns:
+        The URL of the commit on the Hub.
+
+    Raises:
+        HfsegError: no token, nothing to push, or the Hub still failing after the retries; the message names the
+            command that retries.
+    """
+    output_dir = Path(output_dir)
+    retry = retry_command(output_dir, repo_id, private, revision)
+    if not output_dir.is_dir():
+        raise HfsegError(f"{output_dir}: no such folder; pass the output_dir of a finished hfseg finetune run")
+    check_output_complete(output_dir)
+    files = files_to_push(output_dir)
+    token = token or get_token()
+    if not token:
+        raise HfsegError(f"no Hugging Face token found to push {output_dir}: {TOKEN_HELP}, then `{retry}`")
+    if rebuild_card:
+        card_from_run(output_dir, model_ref=repo_id).save(output_dir / CARD_NAME)
+        files = files_to_push(output_dir)
+    api = HfApi()
+    attempts = {"max_attempts": max_attempts, "retry_delay": retry_delay, "sleep": sleep}
+    try:
+        repo_url = with_retries(
+            lambda: api.create_repo(repo_id, token=token, private=private, exist_ok=True), "create_repo", **attempts
+        )
+        repo_id = getattr(repo_url, "repo_id", None) or repo_id
+        if revision and revision != "main":
+            with_retries(
+                lambda: api.create_branch(repo_id, branch=revision, token=token, exist_ok=True),
+                "create_branch",
+                **attempts,
+            )
+        logger.info("pushing %d files to %s (%s): %s", len(files), repo_id, revision or "main", ", ".join(files))
+        commit = with_retries(
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=output_dir,
+                revision=revision,
+                allow_patterns=files,
+                delete_patterns=STALE_PATTERNS,
+                commit_message=commit_message or f"Upload {output_dir.name} with hfseg",
+                token=token,
+            ),
+            "upload_folder",
+            **attempts,
+        )
+    except OfflineModeIsEnabled:
+        raise HfsegError(
+            f"HF_HUB_OFFLINE is set, so {output_dir} cannot be pushed to {repo_id}; unset it, then `{retry}`"
+        ) from None
+    except (HTTPError, OSError, ValueError) as error:
+        raise HfsegError(
+            f"pushing {output_dir} to {repo_id} failed ({type(error).__name__}: {_first_line(error)}); the local "
+            f"run in {output_dir} is intact; retry with `{retry}`"
+        ) from error
+    url = getattr(commit, "commit_url", None) or str(commit)
+    logger.info("pushed %s to %s", output_dir, url)
+    return url
+
+
+def prepare_hub_push(training_args) -> None:
+    """Before training: move `--hub_token` into this process's HF_TOKEN (where huggingface_hub and Trainer look it
+    up) so that training_args.bin, logs and the resolved config never hold it; with `--push_to_hub`, fail now,
+    not after training, when no token can be found."""
+    if training_args.hub_token:
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
+    if training_args.push_to_hub and not get_token():
+        raise HfsegError(f"--push_to_hub: no Hugging Face token found; {TOKEN_HELP}")
+
+
+def push_finished_run(trainer) -> str:
+    """After the card and pictures are saved: wait for Trainer's own checkpoint pushes (`--hub_strategy`), then push
+    the finished run (`push_run`) to `--hub_model_id` (Trainer's repo), `--hub_revision`, `--hub_private_repo`."""
+    in_flight = getattr(trainer, "push_in_progress", None)
+    if in_flight is not None:
+        in_flight.wait_until_done()
+    args = trainer.args
+    repo_id = trainer.hub_model_id or args.hub_model_id or Path(args.output_dir).absolute().name
+    return push_run(args.output_dir, repo_id, private=args.hub_private_repo, revision=args.hub_revision)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> str:
+    argv = strip_debug(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):  # `hfseg push OUTPUT_DIR ...`
+        argv = ["--output_dir", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    url = push_run(
+        args.output_dir,
+        args.repo_id,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        rebuild_card=not args.keep_card,
+        max_attempts=args.max_attempts,
+        retry_delay=args.retry_delay,
+    )
+    print(f"pushed {args.output_dir} to {url}")
+    return url
+
+
+if __name__ == "__main__":
+    main()

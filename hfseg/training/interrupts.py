@@ -1,0 +1,124 @@
+"""Stopping a run well: SIGINT/SIGTERM save a checkpoint and say how to resume; a NaN/inf loss stops the run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import torch
+from transformers import TrainerCallback
+
+from hfseg.data.determinism import SeededSamples, SetDatasetEpoch
+from hfseg.errors import HfsegError
+from hfseg.training.checkpoints import disk_error, latest_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(HfsegError):
+    """The run was stopped by a signal after saving a checkpoint; exits 128 + the signal number."""
+
+    debug_hint = False
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(HfsegError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop training.
+
+    A second signal gets the default behaviour (stop at once), for when saving itself hangs.
+    """
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        logger.warning(
+            "received %s: saving a checkpoint after this step, then stopping (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def train(trainer, resume_from_checkpoint: str | None = None):
+    """`trainer.train()` that stops cleanly on SIGINT/SIGTERM and explains a full disk.
+
+    A `SeededSamples` training set is told each epoch, so a resumed run redraws the same augmentations.
+
+    Raises:
+        TrainingInterrupted: after a signal, once the checkpoint is saved (message says how to resume).
+        HfsegError: the disk filled up while saving.
+    """
+    if isinstance(trainer.train_dataset, SeededSamples):
+        trainer.add_callback(SetDatasetEpoch(trainer.train_dataset))
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    stopper.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    except OSError as error:
+        explained = disk_error(error, "a checkpoint", trainer.args.output_dir)
+        if explained is None:
+            raise
+        raise explained from error
+    finally:
+        stopper.restore()
+        trainer.remove_callback(stopper)
+    if stopper.received is not None:
+        name = signal.Signals(stopper.received).name
+        checkpoint = latest_complete_checkpoint(trainer.args.output_dir)
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {trainer.state.global_step}; checkpoint saved to {checkpoint}. "
+            "To resume, run the same command with --resume_from_checkpoint auto",
+            stopper.received,
+        )
+    return result
+
+
+def check_finite_loss(loss: torch.Tensor, trainer) -> None:
+    """Stop the run when the training loss is NaN/inf, naming the step and the learning rate."""
+    if torch.isfinite(loss.detach()).all():
+        return
+    value = "nan" if torch.isnan(loss.detach()).any() else "inf"
+    step = trainer.state.global_step + 1
+    try:
+        learning_rate = trainer.lr_scheduler.get_last_lr()[0]
+    except (AttributeError, AssertionError, IndexError):
+        learning_rate = trainer.args.learning_rate
+    checkpoint = latest_complete_checkpoint(trainer.args.output_dir)
+    where = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+    raise NonFiniteLoss(
+        f"training loss is {value} at step {step} (learning rate {learning_rate:.3g}), stopped before training on "
+        "garbage; lower --learning_rate (or add --warmup_steps / --max_grad_norm 1.0) and check that the labels fit "
+        f"num_labels and --ignore_index{where}"
+    )

@@ -1,0 +1,164 @@
+"""SegTrainer: `transformers.Trainer` with segmentation evaluation at the labels' own resolution.
+
+Per evaluation batch, logits are upsampled to each label's size, argmax'ed and reduced to per-sample
+confusion matrices; only those (B, C, C) tensors cross processes and reach `compute_metrics`, so
+evaluation memory does not grow with the number or the size of the images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
+from hfseg.evaluation.metrics import confusion_matrix
+from hfseg.models.build import processor_input_size
+from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
+from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
+from hfseg.training.interrupts import check_finite_loss
+
+
+class SegTrainer(Trainer):
+    """Trainer for `AutoModelForSemanticSegmentation` models.
+
+    Args:
+        ignore_index: label value never trained on nor scored (padding of labels uses it too).
+        inference_options: how evaluation computes logits (whole/slide, TTA); default: from the `--eval_*`
+            fields of `args`, slide defaults from the image processor's size.
+        loss_fn: `hfseg.models.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
+            None keeps the model's own loss.
+        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple.
+    """
+
+    def __init__(
+        self,
+        *args,
+        ignore_index: int = 255,
+        inference_options: InferenceOptions | None = None,
+        loss_fn=None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.ignore_index = ignore_index
+        self._staging_run_dir = None
+        if inference_options is None:
+            input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
+            inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
+        self.inference_options = inference_options
+        self.loss_fn = loss_fn
+        self._auxiliary_logits = None
+        if loss_fn is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
+            auxiliary_head = getattr(self.model, "auxiliary_head", None)
+            if auxiliary_head is not None:  # UperNet/BEiT/DPT return no auxiliary logits: catch them on the way
+                auxiliary_head.register_forward_hook(self._keep_auxiliary_logits)
+
+    def _keep_auxiliary_logits(self, module, inputs, output):
+        self._auxiliary_logits = output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {key: value for key, value in inputs.items() if key not in ("label_sizes", "pixel_sizes")}
+        if self.loss_fn is None or "labels" not in inputs:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        else:
+            labels = inputs.pop("labels")
+            self._auxiliary_logits = None
+            outputs = model(**inputs)
+            loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
+            self._auxiliary_logits = None
+            result = (loss, outputs) if return_outputs else loss
+        if model.training:
+            check_finite_loss(result[0] if return_outputs else result, self)
+        return result
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Everything but biases, norm layers and position embeddings."""
+        no_decay = no_decay_parameter_names(model)
+        return [name for name, _ in model.named_parameters() if name not in no_decay]
+
+    def create_optimizer(self, model=None):
+        """The optimizer `args.optim` names, over `hfseg.models.param_groups.parameter_groups` (head lr x head_lr_mult,
+        layer-wise decay x layer_decay_rate)."""
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, model
+        )
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            return super().create_optimizer(model)  # optimizers that pick their own parameters (GaLore, LOMO...)
+        groups = parameter_groups(
+            model,
+            self.args.learning_rate,
+            self.args.weight_decay,
+            head_lr_mult=getattr(self.args, "head_lr_mult", 1.0),
+            layer_decay_rate=getattr(self.args, "layer_decay_rate", 1.0),
+            layer_decay_num_layers=getattr(self.args, "layer_decay_num_layers", None),
+        )
+        groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save_checkpoint(self, model, trial):
+        """Checkpoints are written to a staging dir and renamed into place when complete."""
+        save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
+
+    def _get_output_dir(self, trial):
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Weights through `from_pretrained` (Trainer's raw, non-strict load misses renamed keys)."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        sizes = inputs.get("label_sizes")
+        if sizes is None:
+            sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
+        num_labels = model.config.num_labels
+        pixel_sizes = inputs.get("pixel_sizes")
+        loss_sum = torch.zeros((), device=labels.device)
+        counted = 0
+        confusions = []
+        with torch.no_grad(), self.compute_loss_context_manager():
+            # One sample's full-resolution logits at a time: upsample, score, drop.
+            per_sample = iter_logits_at_sizes(
+                model,
+                inputs["pixel_values"],
+                sizes.tolist(),
+                options=self.inference_options,
+                pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
+            )
+            for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+                label = label[:height, :width]
+                valid = int((label != self.ignore_index).sum())
+                if valid:
+                    loss_sum += F.cross_entropy(
+                        logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
+                    )
+                    counted += valid
+                confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+                del logits  # before the generator upsamples the next sample
+        loss = (loss_sum / max(counted, 1)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save without Trainer's own push: with `--push_to_hub`, hfseg pushes once the card, eval results and
+        pictures exist (`hfseg.hub.push.push_finished_run`), and only the files worth publishing."""
+        super().save_model(output_dir, _internal_call=True)

@@ -1,0 +1,215 @@
+"""`hfseg doctor` finds each kind of planted problem; training stops on them or skips them when asked."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_SEGFORMER
+from PIL import Image
+
+from hfseg.config import DataArguments
+from hfseg.data.adapters import build_label_spec, load_source, open_source
+from hfseg.data.doctor import check_source, main, scan_source
+from hfseg.errors import HfsegError
+
+
+def save_pair(root, name, mask, size=(32, 24), image_ext="png"):
+    rng = np.random.default_rng(len(name))
+    pixels = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "images" / f"{name}.{image_ext}")
+    if mask is not None:
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A folder data set with 6 good pairs and one of each problem kind."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    good = np.zeros((24, 32), dtype=np.uint8)
+    good[:, 16:] = 1
+    good[:4] = 2
+    for index in range(6):
+        save_pair(tmp_path, f"good{index}", good)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "images" / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.fromarray(good).save(tmp_path / "masks" / "truncated.png")
+    save_pair(tmp_path, "smaller", good[:20, :30])
+    save_pair(tmp_path, "outside", np.full((24, 32), 9, dtype=np.uint8))
+    save_pair(tmp_path, "colours", np.stack([good * 100, good * 50, good], axis=-1))
+    save_pair(tmp_path, "lonely_image", None)
+    Image.fromarray(good).save(tmp_path / "masks" / "lonely_mask.png")
+    (tmp_path / "images" / "notanimage.png").write_bytes(b"this is not a png")
+    Image.fromarray(good).save(tmp_path / "masks" / "notanimage.png")
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "background", "1": "road", "2": "sky"}))
+    return tmp_path
+
+
+EXPECTED = {
+    "truncated.jpg": ("corrupt", "cannot be read", "--skip_bad_samples"),
+    "notanimage.png": ("corrupt", "cannot be read", "re-export"),
+    "smaller.png": ("size_mismatch", "mask is 30x20 but its image", "pixel for pixel"),
+    "outside.png": ("label_values", "has label values [9]", "--label_map"),
+    "colours.png": ("colour_mask", "colour-coded RGB mask", "--palette_file"),
+    "lonely_image.png": ("unpaired", "image has no mask", "--mask_dir"),
+    "lonely_mask.png": ("unpaired", "mask has no image", "--image_dir"),
+}
+
+
+def test_doctor_finds_every_planted_problem(planted, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data_dir", str(planted), "--layout", "folder", "--no_progress"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "pairs: train 11" in out and "image sizes: 32x24 .. 32x24" in out
+    assert "problems: 7" in out
+    lines = [line for line in out.splitlines() if line.startswith("  [")]
+    for file, (kind, found, fix) in EXPECTED.items():
+        matching = [line for line in lines if f"/{file}:" in line]
+        assert len(matching) == 1, (file, lines)
+        assert matching[0].startswith(f"  [{kind}]") and found in matching[0] and fix in matching[0], matching[0]
+    # Pixels are counted over the 6 good pairs only.
+    rows = [line.split() for line in out.splitlines() if line.startswith("     ") and line.split()[0].isdigit()]
+    counts = {row[1]: int(row[2]) for row in rows}
+    assert counts == {"background": 6 * 20 * 16, "road": 6 * 20 * 16, "sky": 6 * 4 * 32}
+
+
+def test_doctor_clean_source_and_plot(shared_data, tmp_path, capsys):
+    plot = tmp_path / "chart.png"
+    from hfseg.cli import main as hfseg
+
+    with pytest.raises(SystemExit) as exit_info:  # through the console script's dispatcher
+        hfseg(["doctor", "--data_dir", str(shared_data / "camvid"), "--layout", "camvid", "--plot", str(plot)])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "pairs: train 3" in out and "problems: none" in out and "Road" in out
+    assert Image.open(plot).size[0] > 300
+
+
+def test_doctor_finds_bdd100k_pairing_fault(shared_data, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "--data_dir", str(shared_data / "bdd100k"), "--layout", "folder", "--image_dir", "images/10k",
+                "--mask_dir", "labels/sem_seg/colormaps", "--no_progress",
+            ]
+        )  # fmt: skip
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "7d06fefd-f7be05a6.jpg: image has no mask" in out
+    assert "7d2f7975-e0c1c5a7.png: mask has no image" in out
+    assert "[no_id2label]" in out and "[35, 70, 107, 142]" in out  # grey-converted colour maps, not train ids
+
+
+def test_doctor_one_based_masks_suggest_reduce_labels(shared_data, tmp_path, capsys):
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(["background", "building", "road", "water", "barren", "forest", "agriculture"]))
+    argv = ["--data_dir", str(shared_data / "loveda"), "--layout", "folder", "--id2label_file", str(names)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--no_progress"])
+    assert exit_info.value.code == 1
+    problem = next(line for line in capsys.readouterr().out.splitlines() if "[label_values]" in line)
+    assert "ann_dir/0.png: has label values [7] (raw [7])" in problem and "set --reduce_labels" in problem
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--reduce_labels", "true", "--no_progress"])
+    assert exit_info.value.code == 0
+
+
+def test_unknown_palette_colour_is_a_problem(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    colours = np.zeros((24, 32, 3), dtype=np.uint8)
+    colours[5:9, 5:9] = (10, 20, 30)
+    save_pair(tmp_path, "tile", colours)
+    (tmp_path / "palette.json").write_text(json.dumps({"0": [0, 0, 0], "1": [255, 0, 0]}))
+    data_args = DataArguments(
+        data_dir=str(tmp_path), layout="colormask", palette_file=str(tmp_path / "palette.json"),
+        id2label_file=None,
+    )  # fmt: skip
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "ground", "1": "roof"}))
+    source = open_source(data_args)
+    report = scan_source(source, build_label_spec(source, data_args), progress=False)
+    assert [problem.kind for problem in report.problems] == ["unknown_colour"]
+    assert "(10, 20, 30)" in report.problems[0].found and "--palette_file" in report.problems[0].fix
+
+
+def test_training_check_stops_or_skips(planted, caplog):
+    data_args = DataArguments(data_dir=str(planted), layout="folder", validation_fraction=0.3)
+    source = load_source(data_args)
+    spec = build_label_spec(source, data_args)
+    with pytest.raises(HfsegError, match=r"found 7 problem\(s\) before training") as error:
+        check_source(source, spec, data_args)
+    assert "truncated.jpg" in str(error.value) and "--skip_bad_samples" in str(error.value)
+    data_args.skip_bad_samples = True
+    with caplog.at_level("WARNING"):
+        check_source(source, spec, data_args)
+    assert len(source.dataset["train"]) + len(source.dataset["validation"]) == 6
+    assert "skipping 5 pair(s) (7 problem(s))" in caplog.text and "outside.png" in caplog.text
+    assert check_source(source, spec, data_args) is None  # what is left is clean
+
+
+def test_check_samples_limits_the_scan(planted):
+    data_args = DataArguments(data_dir=str(planted), layout="folder", check_samples=0)
+    source = open_source(data_args)
+    report = scan_source(source, build_label_spec(source, data_args), max_samples=0, progress=False)
+    assert report.scanned == {"train": 0} and {problem.kind for problem in report.problems} == {"unpaired"}
+
+
+@pytest.mark.slow
+def test_finetune_stops_before_training_and_skips_when_asked(planted, tmp_path, capsys):
+    from hfseg.finetune import main as finetune
+
+    argv = [
+        "--model_type", "segformer", "--config_overrides", json.dumps(TINY_SEGFORMER), "--image_size", "32",
+        "--crop_size", "32", "--data_dir", str(planted), "--layout", "folder", "--validation_fraction", "0.3",
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no",
+        "--num_preview_images", "1", "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        finetune(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "before training" in err and "colours.png" in err
+    assert not (tmp_path / "out").exists()
+    metrics = finetune([*argv, "--skip_bad_samples"])
+    assert 0.0 <= metrics["eval_overall_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {
+        "0": "background",
+        "1": "road",
+        "2": "sky",
+    }
+
+
+@pytest.mark.parametrize("name", ["smaller", "outside", "colours"])
+def test_training_error_and_doctor_problem_say_the_same(planted, name):
+    """The doctor and training describe one bad mask with one `MaskError`: same kind, file, finding and fix."""
+    from hfseg.data.doctor import inspect_pair
+    from hfseg.data.labels import MaskError
+    from hfseg.data.preprocess import encode_pair
+
+    data_args = DataArguments(data_dir=str(planted), layout="folder", id2label_file=str(planted / "id2label.json"))
+    spec = build_label_spec(open_source(data_args), data_args)
+    image_path, mask_path = str(planted / "images" / f"{name}.png"), str(planted / "masks" / f"{name}.png")
+    _, _, _, problems = inspect_pair(image_path, mask_path, spec, row="row 0")
+    (problem,) = problems
+    with pytest.raises(MaskError) as raised:
+        encode_pair(Image.open(image_path), Image.open(mask_path), spec)
+    assert raised.value.kind == problem.kind == EXPECTED[f"{name}.png"][0]
+    if name != "outside":  # the doctor adds the raw values before mapping
+        assert str(raised.value) == str(problem)
+    assert raised.value.source == problem.file == mask_path
+
+
+def test_negative_mask_values_are_a_problem_not_wrapped_around(tmp_path):
+    """A 32-bit mask with a negative value is reported, as training reports it (not read from the table's end)."""
+    from hfseg.data.doctor import inspect_pair
+    from hfseg.data.labels import LabelSpec
+
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.array([[0, 1, -1, 0, 0]] * 4, dtype=np.int32), mode="I").save(tmp_path / "mask.tif")
+    spec = LabelSpec({0: "bg", 1: "a"})
+    _, labels, _, problems = inspect_pair(str(tmp_path / "image.png"), str(tmp_path / "mask.tif"), spec, "row 0")
+    assert labels is None and [problem.kind for problem in problems] == ["label_values"]
+    assert "negative mask values -1" in problems[0].found

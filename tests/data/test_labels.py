@@ -1,0 +1,105 @@
+"""Label handling: palettes, label maps, 16-bit masks, hints, and image conversion to RGB."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfseg.data.labels import LabelSpec, colour_to_index, decode_mask, load_label_map, load_palette, load_rgb
+from hfseg.errors import HfsegError
+
+
+def test_load_palette_formats(tmp_path):
+    text = tmp_path / "label_colors.txt"
+    text.write_text("64 128 64\tAnimal\n192 0 128\tArchway\n")
+    assert load_palette(text) == ({0: (64, 128, 64), 1: (192, 0, 128)}, {0: "Animal", 1: "Archway"})
+    plain = tmp_path / "palette.json"
+    plain.write_text(json.dumps({"0": [0, 0, 0], "1": [255, 255, 0], "255": [9, 9, 9]}))
+    assert load_palette(plain) == ({0: (0, 0, 0), 1: (255, 255, 0), 255: (9, 9, 9)}, None)
+    listed = tmp_path / "classes.json"
+    listed.write_text(
+        json.dumps([{"id": 0, "name": "road", "color": [1, 2, 3]}, {"id": 1, "name": "car", "color": [4, 5, 6]}])
+    )
+    assert load_palette(listed) == ({0: (1, 2, 3), 1: (4, 5, 6)}, {0: "road", 1: "car"})
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"0": [1, 1, 1], "1": [1, 1, 1]}))
+    with pytest.raises(HfsegError, match="same colour"):
+        load_palette(clash)
+    with pytest.raises(HfsegError, match="cannot parse"):
+        (tmp_path / "bad.txt").write_text("red green blue\n")
+        load_palette(tmp_path / "bad.txt")
+
+
+def test_colour_to_index_and_unknown_colours():
+    palette = {0: (0, 0, 0), 1: (255, 0, 0), 255: (255, 255, 255)}
+    rgb = np.array([[[0, 0, 0], [255, 0, 0]], [[255, 255, 255], [255, 0, 0]]], dtype=np.uint8)
+    np.testing.assert_array_equal(colour_to_index(rgb, palette), [[0, 1], [255, 1]])
+    rgb[0, 0] = (0, 0, 7)
+    with pytest.raises(HfsegError, match=r"tile.png: has colours \[\(0, 0, 7\)\] that are not in the palette"):
+        colour_to_index(rgb, palette, "tile.png")
+
+
+def test_spec_decodes_colour_masks_with_palette_only():
+    colours = np.zeros((4, 4, 3), dtype=np.uint8)
+    colours[:2] = (0, 255, 0)
+    mask = Image.fromarray(colours)
+    spec = LabelSpec({0: "a", 1: "b"}, palette={0: (0, 0, 0), 1: (0, 255, 0)})
+    np.testing.assert_array_equal(spec.decode(mask), np.array([[1] * 4] * 2 + [[0] * 4] * 2))
+    with pytest.raises(HfsegError, match="colour-coded RGB mask"):
+        LabelSpec({0: "a", 1: "b"}).decode(mask)
+    grey = Image.fromarray(np.stack([np.eye(4, dtype=np.uint8)] * 3, axis=-1))  # equal channels: an index mask
+    np.testing.assert_array_equal(spec.decode(grey), np.eye(4))
+
+
+def test_load_label_map_inline_file_and_errors(tmp_path):
+    assert load_label_map('{"3": 1, "7": 255}') == {3: 1, 7: 255}
+    path = tmp_path / "map.json"
+    path.write_text('{"10": 0}')
+    assert load_label_map(str(path)) == {10: 0}
+    assert load_label_map(None) is None
+    with pytest.raises(HfsegError, match="not a JSON object and not a readable file"):
+        load_label_map(str(tmp_path / "missing.json"))
+    with pytest.raises(HfsegError, match="expected a JSON object"):
+        load_label_map('{"a": "b"}')
+
+
+def test_sixteen_bit_mask_with_label_map():
+    values = np.array([[0, 300], [1000, 65535]], dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    mask = Image.open(io.BytesIO(buffer.getvalue()))
+    raw = decode_mask(mask)
+    np.testing.assert_array_equal(raw, values.astype(np.int64))
+    spec = LabelSpec({0: "bg", 1: "a", 2: "b"}, label_map={300: 1, 1000: 2, 65535: 255})
+    np.testing.assert_array_equal(spec.encode(raw), [[0, 1], [2, 255]])
+    with pytest.raises(HfsegError, match=r"label values \[300\]"):
+        LabelSpec({0: "bg", 1: "a"}).encode(raw[:1])
+
+
+def test_hint_suggests_reduce_labels_for_one_based_masks():
+    spec = LabelSpec({0: "a", 1: "b", 2: "c"})
+    with pytest.raises(HfsegError, match=r"values \[3\].*set --reduce_labels"):
+        spec.encode(np.array([[1, 2, 3]]), "m.png")
+    np.testing.assert_array_equal(
+        LabelSpec({0: "a", 1: "b", 2: "c"}, reduce_labels=True).encode(np.array([[0, 1, 3]])), [[255, 0, 2]]
+    )
+    with pytest.raises(HfsegError, match="--label_map"):
+        spec.encode(np.array([[40]]), "m.png")
+
+
+def test_load_rgb_applies_exif_and_converts_modes():
+    wide = Image.new("RGB", (6, 2), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    buffer = io.BytesIO()
+    wide.save(buffer, format="JPEG", exif=exif.tobytes())
+    rotated = load_rgb(Image.open(io.BytesIO(buffer.getvalue())))
+    assert rotated.size == (2, 6) and rotated.mode == "RGB"
+    for mode in ("L", "RGBA", "P", "CMYK", "I;16", "LA"):
+        image = Image.new(mode, (5, 3))
+        converted = load_rgb(image)
+        assert converted.mode == "RGB" and converted.size == (5, 3), mode
+    cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # pure red in CMYK
+    assert load_rgb(cmyk).getpixel((0, 0)) == (255, 0, 0)

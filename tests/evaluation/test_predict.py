@@ -1,0 +1,101 @@
+"""`hfseg predict`: palette index masks at the original size for any image mode, overlays, nothing skipped
+silently."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
+from hfseg.evaluation.predict import list_inputs, read_image
+from hfseg.evaluation.predict import main as predict_main
+from hfseg.evaluation.visualize import make_palette
+
+
+def _random(height, width, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.integers(0, 255, size=shape, dtype=np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Images in every mode a user may have, in nested folders, plus a file that is not an image."""
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(_random(50, 70)).save(folder / "rgb.jpg")
+    Image.fromarray(_random(60, 40, 4, seed=1), mode="RGBA").save(folder / "nested" / "rgba.png")
+    Image.fromarray(_random(47, 33, 1, seed=2), mode="L").save(folder / "gray.png")
+    deep = np.random.default_rng(3).integers(0, 60000, size=(40, 45), dtype=np.uint16)
+    Image.fromarray(deep).save(folder / "deep16.png")
+    Image.fromarray(_random(52, 52, seed=4)).convert("CMYK").save(folder / "cmyk.jpg")
+    palette_image = Image.fromarray(_random(36, 64, 1, seed=5) % 4, mode="P")
+    palette_image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette_image.save(folder / "palette.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: stored 60x40, shown 40x60
+    Image.fromarray(_random(40, 60, seed=6)).save(folder / "rotated.jpg", exif=exif)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_writes_palette_masks_at_original_size(saved_tiny_model, image_folder, tmp_path, caplog):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    output = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="hfseg"):
+        written = predict_main(["--model", str(saved_tiny_model), "--input", str(image_folder),
+                                "--output", str(output), "--batch_size", "3"])  # fmt: skip
+    assert "1 files are not images" in caplog.text and "notes.txt" in caplog.text
+    images, others = list_inputs(image_folder, output)
+    assert [path.name for path in others] == ["notes.txt"]
+    assert len(written) == len(images) == 7
+    model = AutoModelForSemanticSegmentation.from_pretrained(saved_tiny_model).eval()
+    transform = eval_transform_for(AutoImageProcessor.from_pretrained(saved_tiny_model), InferenceOptions())
+    decoded = [read_image(path) for path in images]
+    expected = predict_masks(model, decoded, transform, batch_size=3)
+    palette = make_palette(5)
+    for path, image, prediction in zip(images, decoded, expected, strict=True):
+        relative = path.relative_to(image_folder).with_suffix(".png")
+        mask = Image.open(output / relative)
+        assert mask.mode == "P" and mask.size == image.size, relative
+        assert np.array_equal(np.asarray(mask), prediction.numpy()), f"{relative}: pixel value = class id"
+        assert np.array_equal(np.array(mask.getpalette()[:15]).reshape(5, 3), palette)
+        assert Image.open(output / "overlays" / relative).size == image.size
+    assert Image.open(output / "rotated.png").size == (40, 60), "EXIF orientation is applied"
+    assert (output / "nested" / "rgba.png").is_file()
+
+
+def test_predict_slide_tta_on_shared_ade20k_images(saved_tiny_model, shared_data, tmp_path):
+    folder = shared_data / "ade20k" / "ADEChallengeData2016" / "images" / "validation"
+    predict_main(["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path),
+                  "--eval_mode", "slide", "--eval_crop_size", "48", "--eval_flip", "--no_overlays"])  # fmt: skip
+    for path in sorted(folder.glob("*.jpg")):
+        mask = Image.open(tmp_path / f"{path.stem}.png")
+        assert mask.size == Image.open(path).size
+        assert np.asarray(mask).max() < 5
+    assert not (tmp_path / "overlays").exists()
+
+
+def test_unreadable_image_is_named_after_the_others_are_written(saved_tiny_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_random(40, 40)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "1 of 2 images could not be read" in error and "broken.png" in error
+    assert (tmp_path / "out" / "good.png").is_file()
+
+
+def test_two_inputs_with_one_output_name_are_refused(saved_tiny_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_random(40, 40)).save(folder / "scene.png")
+    Image.fromarray(_random(40, 40)).save(folder / "scene.jpg")
+    with pytest.raises(SystemExit):
+        predict_main(["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path / "out")])
+    assert "would both be written as scene.png" in capsys.readouterr().err
