@@ -210,15 +210,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def disk_error(error: OSError, what: str, where: str | Path) -> HfsegError | None:
-    """An `HfsegError` explaining a full disk or quota, or None for other OS errors."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+#: How torch's zip writer reports a failed write: it keeps no errno (`enforce fail at inline_container.cc`).
+_TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos")
+#: How safetensors (Rust's io::Error) reports one: `I/O error: No space left on device (os error 28)`.
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+
+
+def write_errno(error: BaseException, where: str | Path) -> int | None:
+    """The errno behind a failed write, also when torch or safetensors wrap it in their own exception type.
+
+    torch's zip writer keeps no errno, so a full file system (ENOSPC) or a file-size limit (EFBIG, `ulimit -f`)
+    is told from `where`'s free space and the process's RLIMIT_FSIZE.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno:
+            return error.errno
+        match = _OS_ERROR_NUMBER.search(str(error))
+        if match:
+            return int(match.group(1))
+        if isinstance(error, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(error)):
+            return _probable_write_errno(where)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _probable_write_errno(where: str | Path) -> int:
+    import resource
+
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+        if stats.f_bavail * stats.f_frsize < 64 * 2**20:  # less than a small checkpoint's worth left
+            return errno.ENOSPC
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    return errno.EIO
+
+
+def disk_error(error: BaseException, what: str, where: str | Path) -> HfsegError | None:
+    """An `HfsegError` explaining a full disk, a quota or a file-size limit, or None for other errors."""
+    if isinstance(error, HfsegError):
         return None
-    return HfsegError(
-        f"no space left on the device while saving {what} to {where} ({os.strerror(error.errno)}); earlier "
-        "checkpoints are intact: free some space (or lower --save_total_limit) and rerun with "
-        "--resume_from_checkpoint auto"
-    )
+    number = write_errno(error, where)
+    resume = "earlier checkpoints are intact: {fix} and rerun with --resume_from_checkpoint auto"
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        fix = resume.format(fix="free some space (or lower --save_total_limit)")
+        return HfsegError(f"no space left on the device while saving {what} to {where} ({os.strerror(number)}); {fix}")
+    if number == errno.EFBIG:
+        fix = resume.format(fix="raise the limit (`ulimit -f unlimited`)")
+        return HfsegError(
+            f"a file size limit (ulimit -f) stopped saving {what} to {where} ({os.strerror(number)}); {fix}"
+        )
+    if number == errno.EIO:
+        fix = resume.format(fix="check the free space (`df`) and the file size limit (`ulimit -f`)")
+        return HfsegError(f"writing {what} to {where} failed ({str(error).strip()[:200]}); {fix}")
+    return None
 
 
 def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> None:
@@ -249,14 +301,12 @@ def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> None:
                 best_model_checkpoint=trainer.state.best_model_checkpoint,
                 use_mtime=True,
             )
-    except OSError as error:
+    except BaseException as error:
+        # explained before the staging dir is removed: that frees the space a full disk is recognised by
+        explained = disk_error(error, f"checkpoint {name}", run_dir) if isinstance(error, Exception) else None
         shutil.rmtree(staging_root, ignore_errors=True)
-        explained = disk_error(error, f"checkpoint {name}", run_dir)
         if explained is not None:
             raise explained from error
-        raise
-    except BaseException:
-        shutil.rmtree(staging_root, ignore_errors=True)
         raise
     finally:
         trainer._staging_run_dir = None
@@ -287,7 +337,7 @@ def save_final_model(trainer, output_dir: str | Path | None = None) -> None:
             for file in temp.iterdir():
                 os.replace(file, output_dir / file.name)
             _fsync_dir(output_dir)
-    except OSError as error:
+    except Exception as error:
         explained = disk_error(error, "the final model", output_dir)
         if explained is not None:
             raise explained from error

@@ -86,7 +86,7 @@ def train(trainer, resume_from_checkpoint: str | None = None):
     stopper.install()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    except OSError as error:
+    except Exception as error:  # torch and safetensors wrap a failed write in their own types
         explained = disk_error(error, "a checkpoint", trainer.args.output_dir)
         if explained is None:
             raise

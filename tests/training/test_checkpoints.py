@@ -1,6 +1,9 @@
 """Interrupted runs resume exactly; checkpoints are atomic; an output dir holds one run; signals save and stop."""
 
+import errno
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -10,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, tiny_run_args
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from hfseg.errors import HfsegError
 from hfseg.training.checkpoints import (
     INCOMPLETE_MARKER,
     STAGING_DIR_NAME,
+    disk_error,
     latest_complete_checkpoint,
     resolve_resume,
     run_files_in,
@@ -35,15 +39,24 @@ def finetune_env() -> dict:
     return env
 
 
-def start(output_dir: Path, *extra: str) -> subprocess.Popen:
-    """The entry script in a subprocess; its output goes to `output_dir`.log (a pipe could fill up and block it)."""
+def start(output_dir: Path, *extra: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    """The entry script in a subprocess; its output goes to `output_dir`.log (a pipe could fill up and block it).
+
+    `file_size_limit`: the child's RLIMIT_FSIZE in bytes (`ulimit -f`), SIGXFSZ ignored so a write fails with EFBIG.
+    """
     log = open(f"{output_dir}.log", "a")  # noqa: SIM115 - closed by finish()
     process = subprocess.Popen(
         [sys.executable, FINETUNE, *tiny_run_args(output_dir, *DETERMINISTIC, "--disable_tqdm", "true", *extra)],
         stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=finetune_env(),
+        preexec_fn=None if file_size_limit is None else functools.partial(limit_file_size, file_size_limit),
     )  # fmt: skip
     process.log = log
     return process
+
+
+def limit_file_size(size: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -265,3 +278,96 @@ def test_auto_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
     assert prepare_output_dir(training_args) is None
     mark_incomplete(training_args)  # what finetune does once data and model are ready
     assert not (output_dir / STAGING_DIR_NAME).exists()
+
+
+# --- a full disk or a file-size limit: one line, nothing lost ---
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1200 KiB tmpfs (room for one tiny checkpoint, not two); skipped where mounting needs rights we lack."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def write_failures(directory: Path) -> list[Exception]:
+    """The exceptions safetensors and torch really raise when a 2 MB file cannot be written in `directory`."""
+    tensors = {"weight": torch.zeros(500_000)}
+    failures = []
+    for save in (
+        lambda: save_file(tensors, str(directory / "model.safetensors")),
+        lambda: torch.save(tensors, str(directory / "optimizer.pt")),
+    ):
+        try:
+            save()
+        except Exception as error:  # noqa: BLE001 - the point is to see which type arrives
+            failures.append(error)
+        for file in directory.iterdir():
+            file.unlink()
+    return failures
+
+
+def test_full_disk_is_recognised_through_safetensors_and_torch_errors(small_tmpfs):
+    failures = write_failures(small_tmpfs)
+    assert [type(error).__name__ for error in failures] == ["SafetensorError", "RuntimeError"]  # not OSError
+    for error in failures:
+        explained = disk_error(error, "checkpoint checkpoint-4", small_tmpfs)
+        assert explained is not None, repr(error)
+        assert str(explained).startswith(
+            f"no space left on the device while saving checkpoint checkpoint-4 to {small_tmpfs}"
+        )
+        assert "--resume_from_checkpoint auto" in str(explained)
+
+
+def test_file_size_limit_is_recognised_through_safetensors_and_torch_errors(tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        failures = write_failures(tmp_path)
+        explained = [disk_error(error, "the final model", tmp_path) for error in failures]
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert [type(error).__name__ for error in failures] == ["SafetensorError", "RuntimeError"]
+    for error, message in zip(failures, explained, strict=True):
+        assert message is not None, repr(error)
+        assert f"a file size limit (ulimit -f) stopped saving the final model to {tmp_path}" in str(message)
+        assert os.strerror(errno.EFBIG) in str(message)
+    assert disk_error(OSError(errno.ENOENT, "No such file or directory"), "x", tmp_path) is None
+
+
+def assert_one_line_error(returncode: int, log: str, expected: str) -> None:
+    assert returncode == 2, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("hfseg: error:")]
+    assert len(errors) == 1 and expected in errors[0], log[-3000:]
+
+
+@pytest.mark.slow
+def test_full_disk_at_the_second_checkpoint_keeps_the_first(small_tmpfs):
+    output_dir = small_tmpfs / "out"
+    returncode, log = finish(start(output_dir, "--save_total_limit", "5"))
+    assert_one_line_error(returncode, log, "no space left on the device while saving checkpoint checkpoint-4")
+    assert latest_complete_checkpoint(output_dir) == output_dir / "checkpoint-2"
+    assert not (output_dir / "checkpoint-4").exists() and not (output_dir / STAGING_DIR_NAME).exists()
+    assert (output_dir / INCOMPLETE_MARKER).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save_strategy", ["steps", "no"])
+def test_file_size_limit_at_checkpoint_and_final_save(tmp_path, save_strategy):
+    output_dir = tmp_path / "out"
+    process = start(output_dir, "--save_strategy", save_strategy, file_size_limit=100_000)  # model.safetensors: 228 kB
+    returncode, log = finish(process)
+    what = "checkpoint checkpoint-2" if save_strategy == "steps" else "the final model"
+    assert_one_line_error(returncode, log, f"a file size limit (ulimit -f) stopped saving {what}")
+    assert not (output_dir / STAGING_DIR_NAME).exists() and not (output_dir / "model.safetensors").exists()
+    assert latest_complete_checkpoint(output_dir) is None and (output_dir / INCOMPLETE_MARKER).exists()
