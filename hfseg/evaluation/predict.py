@@ -115,6 +115,10 @@ def read_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:  # Pillow refuses before decoding: one image, not the batch
+        raise HfsegError(
+            f"{path}: too large to decode ({error}); downscale or tile it (e.g. 4096 px tiles) and predict the parts"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise HfsegError(f"{path}: cannot read the image ({error})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -91,6 +91,37 @@ def test_unreadable_image_is_named_after_the_others_are_written(saved_tiny_model
     assert (tmp_path / "out" / "good.png").is_file()
 
 
+def png_claiming_size(path, width: int, height: int) -> None:
+    """A small valid PNG whose header claims `width` x `height` (Pillow checks the size before decoding)."""
+    import struct
+    import zlib
+
+    Image.fromarray(_random(8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])  # depth, colour type, ...
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_is_named_and_the_rest_of_its_batch_is_written(saved_tiny_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_random(40, 40)).save(folder / "a_good.png")
+    png_claiming_size(folder / "b_huge.png", 20000, 20000)
+    Image.fromarray(_random(30, 50, seed=1)).save(folder / "c_good.png")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    lines = [line for line in error.splitlines() if line.startswith("hfseg: error:")]
+    assert len(lines) == 1 and "1 of 3 images could not be read" in lines[0], error
+    assert "b_huge.png: too large to decode" in lines[0] and "400000000 pixels" in lines[0]
+    assert (tmp_path / "out" / "a_good.png").is_file() and (tmp_path / "out" / "c_good.png").is_file()
+    assert not (tmp_path / "out" / "b_huge.png").exists()
+
+
 def test_two_inputs_with_one_output_name_are_refused(saved_tiny_model, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
