@@ -96,6 +96,11 @@ class HubStub:
         setattr_(HfApi, "create_repo", create_repo)
         setattr_(HfApi, "create_branch", create_branch)
         setattr_(HfApi, "upload_folder", upload_folder)
+        # The stub answers in place of the Hub, so the reachability check (hfseg's one network probe) says it is up.
+        import hfseg.hub.network
+
+        setattr_(hfseg.hub.network, "hub_offline", lambda: False)
+        setattr_(hfseg.hub.network, "hub_reachable", lambda timeout=3.0: True)
         return self
 
 

@@ -45,3 +45,20 @@ def require_hub(what: str, name: str) -> None:
         "local datasets folder (or --data_dir DIR --layout NAME for data in its native layout); if the files are "
         "already in the Hugging Face cache, set HF_HUB_OFFLINE=1 to use them."
     )
+
+
+def require_hub_for_push(flag: str) -> None:
+    """Raise a one-paragraph `HfsegError` before training when the push at its end cannot work: HF_HUB_OFFLINE is
+    set or the Hub endpoint does not answer."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if hub_offline():
+        reason = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        reason = f"the Hugging Face Hub ({endpoint}) cannot be reached"
+    else:
+        return
+    raise HfsegError(
+        f"{flag}: {reason}, so the finished run could not be pushed; stopped before training. Unset HF_HUB_OFFLINE "
+        "or restore the connection, or train without --push_to_hub and publish the run later with "
+        "`hfseg push OUTPUT_DIR --repo_id NAME/MODEL`."
+    )

@@ -24,7 +24,8 @@ from transformers import HfArgumentParser
 
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.hub.card import CARD_NAME, card_from_run
-from hfseg.training.checkpoints import check_output_complete
+from hfseg.hub.network import require_hub_for_push
+from hfseg.training.checkpoints import check_output_complete, check_saved_model
 
 logger = logging.getLogger("hfseg")
 
@@ -159,14 +160,41 @@ def push_run(
         raise HfsegError(f"{output_dir}: no such folder; pass the output_dir of a finished hfseg finetune run")
     check_output_complete(output_dir)
     files = files_to_push(output_dir)
+    check_saved_model(output_dir, flag="hfseg push")
     token = token or get_token()
     if not token:
         raise HfsegError(f"no Hugging Face token found to push {output_dir}: {TOKEN_HELP}, then `{retry}`")
+    card_path = output_dir / CARD_NAME
+    previous_card = card_path.read_bytes() if card_path.is_file() else None
     if rebuild_card:
-        card_from_run(output_dir, model_ref=repo_id).save(output_dir / CARD_NAME)
+        card_from_run(output_dir, model_ref=repo_id).save(card_path)
         files = files_to_push(output_dir)
     api = HfApi()
     attempts = {"max_attempts": max_attempts, "retry_delay": retry_delay, "sleep": sleep}
+    try:
+        commit = _create_and_upload(
+            api, output_dir, repo_id, private, revision, token, commit_message, files, attempts
+        )
+    except BaseException:
+        if rebuild_card:  # a failed push leaves the run's card as it was
+            _restore(card_path, previous_card)
+        raise
+    url = getattr(commit, "commit_url", None) or str(commit)
+    logger.info("pushed %s to %s", output_dir, url)
+    return url
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(content)
+
+
+def _create_and_upload(api, output_dir: Path, repo_id, private, revision, token, commit_message, files, attempts):
+    """create_repo, create_branch and upload_folder, each retried; Hub failures become an `HfsegError` that names
+    the command that retries."""
+    retry = retry_command(output_dir, repo_id, private, revision)
     try:
         repo_url = with_retries(
             lambda: api.create_repo(repo_id, token=token, private=private, exist_ok=True), "create_repo", **attempts
@@ -179,7 +207,7 @@ def push_run(
                 **attempts,
             )
         logger.info("pushing %d files to %s (%s): %s", len(files), repo_id, revision or "main", ", ".join(files))
-        commit = with_retries(
+        return with_retries(
             lambda: api.upload_folder(
                 repo_id=repo_id,
                 folder_path=output_dir,
@@ -201,20 +229,19 @@ def push_run(
             f"pushing {output_dir} to {repo_id} failed ({type(error).__name__}: {_first_line(error)}); the local "
             f"run in {output_dir} is intact; retry with `{retry}`"
         ) from error
-    url = getattr(commit, "commit_url", None) or str(commit)
-    logger.info("pushed %s to %s", output_dir, url)
-    return url
 
 
 def prepare_hub_push(training_args) -> None:
     """Before training: move `--hub_token` into this process's HF_TOKEN (where huggingface_hub and Trainer look it
     up) so that training_args.bin, logs and the resolved config never hold it; with `--push_to_hub`, fail now,
-    not after training, when no token can be found."""
+    not after training, when no token can be found or the Hub cannot be reached."""
     if training_args.hub_token:
         os.environ["HF_TOKEN"] = training_args.hub_token
         training_args.hub_token = None
     if training_args.push_to_hub and not get_token():
         raise HfsegError(f"--push_to_hub: no Hugging Face token found; {TOKEN_HELP}")
+    if training_args.push_to_hub:
+        require_hub_for_push("--push_to_hub")  # Trainer creates the repo first thing: offline, a traceback
 
 
 def push_finished_run(trainer) -> str:

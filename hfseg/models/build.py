@@ -221,10 +221,11 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
 
     A local output dir of a run that did not finish is refused with the way to resume it.
     """
-    from hfseg.training.checkpoints import check_output_complete
+    from hfseg.training.checkpoints import check_output_complete, check_saved_model
 
     if Path(name).is_dir():
         check_output_complete(name)
+        check_saved_model(name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = segmentation_config(name, "--model", kwargs, fix="pass a saved model directory or a Hub id")
     model = own_aligned_storage(AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs))

@@ -187,6 +187,37 @@ def check_output_complete(path: str | Path) -> None:
         )
 
 
+def check_saved_model(path: str | Path, flag: str = "--model") -> None:
+    """Raise when a saved model directory lacks `config.json`, has no weights, or has a weights file that is cut
+    short or not safetensors (transformers would report the first as a missing `model_type` key, the others with a
+    traceback)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    present = sorted(file.name for file in path.iterdir()) if path.is_dir() else []
+    shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "") if present else "nothing"
+    if not (path / "config.json").is_file():
+        raise HfsegError(
+            f"{flag} {path} has no config.json (found: {shown}); pass the output dir of a finished hfseg finetune "
+            "run or one of its checkpoint-N directories, which hold config.json next to model.safetensors"
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not (path / "pytorch_model.bin").is_file():
+        raise HfsegError(
+            f"{flag} {path} has no model weights (no model.safetensors; found: {shown}); copy the run's "
+            "model.safetensors there again, or load one of its checkpoint-N directories"
+        )
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise HfsegError(
+                f"{file} is truncated or not a safetensors file ({str(error).strip()}); copy it again from where the "
+                "run was trained, or load one of the run's checkpoint-N directories"
+            ) from None
+
+
 # --- atomic writes ---
 
 

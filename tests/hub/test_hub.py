@@ -4,6 +4,7 @@ and revision, retries, failures that leave the run intact, and a planted token t
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -207,7 +208,7 @@ def test_backoff_doubles_between_attempts(finished_run, tmp_path, monkeypatch):
 
 def test_failed_push_leaves_run_intact_and_says_how_to_retry(finished_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
-    before = digests(finished_run)
+    before = digests(finished_run, skip=())  # README.md too: the card rebuilt for the push is put back
     stub = HubStub(tmp_path / "remote", failures={"upload_folder": [http_error(503)] * 3})
     stub.install(monkeypatch.setattr)
     with pytest.raises(SystemExit) as exit_info:
@@ -218,7 +219,7 @@ def test_failed_push_leaves_run_intact_and_says_how_to_retry(finished_run, tmp_p
     assert f"retry with `hfseg push {finished_run} --repo_id me/seg --revision v2`" in err
     assert "intact" in err and "503" in err and "Traceback" not in err and ENV_TOKEN not in err
     assert len(stub.calls_of("upload_folder")) == 3
-    assert digests(finished_run) == before
+    assert digests(finished_run, skip=()) == before
     assert ModelCard.load(finished_run / "README.md").data.eval_results, "the card is still valid"
 
 
@@ -277,3 +278,48 @@ def test_cli_lists_and_runs_push(finished_run, tmp_path, monkeypatch):
     cli.main(["push", str(finished_run), "--repo_id", "me/seg", "--keep_card"])
     assert stub.calls_of("upload_folder")[0]["repo_id"] == "me/seg"
     assert (finished_run / "README.md").read_bytes() == (tmp_path / "remote/me/seg/main/README.md").read_bytes()
+
+
+def test_push_of_a_truncated_model_is_refused_before_any_hub_call(finished_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    stub = HubStub(tmp_path / "remote").install(monkeypatch.setattr)
+    weights = finished_run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    card = (finished_run / "README.md").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(finished_run), "--repo_id", "me/seg"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"{weights} is truncated or not a safetensors file" in err
+    assert stub.calls == [] and (finished_run / "README.md").read_bytes() == card
+
+
+def closed_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_push_to_hub_offline_stops_before_training(tmp_path, monkeypatch, capsys, offline):
+    from hfseg.finetune import main as finetune_main
+    from hfseg.hub.network import hub_reachable
+
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    if not offline:  # online mode, but the endpoint is a closed local port: no packet leaves the machine
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_local_port()}")
+    hub_reachable.cache_clear()
+    output_dir = tmp_path / "out"
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            finetune_main(tiny_run_args(output_dir, "--push_to_hub", "--hub_model_id", "me/seg"))
+    finally:
+        hub_reachable.cache_clear()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("hfseg: error:")]
+    reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub (http://127.0.0.1:"
+    assert len(lines) == 1 and f"--push_to_hub: {reason}" in lines[0], err
+    assert "stopped before training" in lines[0] and "hfseg push OUTPUT_DIR" in lines[0]
+    assert not output_dir.exists()

@@ -2,6 +2,7 @@
 a checkpoint that is not a segmentation model gets a clear error."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,33 @@ def test_loaded_weights_live_in_aligned_memory(saved_tiny_model):
     model, _ = load_for_inference(str(saved_tiny_model))
     tensors = [*model.parameters(), *model.buffers()]
     assert tensors and all(tensor.data_ptr() % ALIGNMENT_BYTES == 0 for tensor in tensors)
+
+
+@pytest.mark.parametrize("damage", ["no_config", "no_weights", "truncated_weights"])
+def test_damaged_saved_model_is_named_by_predict_and_evaluate(saved_tiny_model, tmp_path, capsys, damage):
+    import shutil
+
+    from hfseg.evaluation.evaluate_model import main as evaluate_main
+    from hfseg.evaluation.predict import main as predict_main
+
+    model_dir = Path(shutil.copytree(saved_tiny_model, tmp_path / "run"))
+    weights = model_dir / "model.safetensors"
+    if damage == "no_config":
+        (model_dir / "config.json").unlink()
+        expected = f"--model {model_dir} has no config.json (found: model.safetensors, preprocessor_config.json)"
+    elif damage == "no_weights":
+        weights.unlink()
+        expected = f"--model {model_dir} has no model weights (no model.safetensors"
+    else:
+        weights.write_bytes(weights.read_bytes()[:-100])
+        expected = f"{weights} is truncated or not a safetensors file"
+    commands = {
+        predict_main: ["--input", str(tmp_path), "--output", str(tmp_path / "out")],
+        evaluate_main: ["--dataset_name", "synthetic", "--output_dir", str(tmp_path / "eval")],
+    }
+    for command, flags in commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            command(["--model", str(model_dir), *flags])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err[-2000:]
+        assert expected in err and "model_type" not in err, err[-2000:]
