@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 
 class HfsegError(Exception):
@@ -15,6 +17,24 @@ class HfsegError(Exception):
 
     exit_code = 2
     debug_hint = True
+
+
+def require_writable_dir(path: str | Path, flag: str) -> None:
+    """Raise an `HfsegError` naming `flag` when folder `path` could not be created or written: a file where a folder
+    should be, a read-only file system or folder, no permission. Leaves nothing behind (a temporary probe file in
+    `path`, or in its nearest existing parent)."""
+    path = Path(path).absolute()
+    existing = next(parent for parent in [path, *path.parents] if parent.exists())
+    if not existing.is_dir():
+        raise HfsegError(f"{flag} {path}: {existing} is a file, not a folder; choose another path or move the file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise HfsegError(
+            f"{flag} {path}: cannot write in {existing} ({os.strerror(error.errno) if error.errno else error}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 def _bare_debug_positions(argv: list[str]) -> list[int]:

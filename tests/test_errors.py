@@ -273,3 +273,47 @@ def test_recipe_yaml_is_loaded_safely(capsys, tmp_path):
 def test_remote_code_is_off_by_default():
     model_args, _, _ = parse_args(["--model_type", "segformer"])
     assert model_args.trust_remote_code is False
+
+
+# --- where outputs go ---
+
+
+def test_output_dir_that_is_a_file_is_refused_before_loading(capsys, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    line = run_main(capsys, tiny_run_args(blocker / "run"))
+    assert f"--output_dir {blocker / 'run'}: {blocker} is a file, not a folder" in line
+    assert blocker.read_text() == "a file"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs (root ignores chmod, not a read-only mount); skipped where mounting is not allowed."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_read_only_output_dir_is_refused_before_loading(capsys, read_only_dir):
+    line = run_main(capsys, tiny_run_args(read_only_dir / "run"))
+    assert f"--output_dir {read_only_dir / 'run'}: cannot write in {read_only_dir} (Read-only file system)" in line
+
+
+def test_doctor_plot_into_a_bad_path_fails_before_the_scan(capsys, tmp_path, read_only_dir):
+    from hfseg.data.doctor import main as doctor_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for plot, expected in [
+        (blocker / "chart.png", f"--plot {blocker}: {blocker} is a file, not a folder"),
+        (read_only_dir / "charts" / "chart.png", f"cannot write in {read_only_dir} (Read-only file system)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            doctor_main(["--dataset_name", "synthetic", "--plot", str(plot)])
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and "Traceback" not in captured.err
+        assert expected in captured.err and captured.out == ""  # no report: the scan never ran

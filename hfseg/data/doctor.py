@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hfseg.data.adapters import Problem, SourceData, build_label_spec, open_source
 from hfseg.data.labels import LabelSpec, MaskError, check_same_size, decode_mask, load_rgb
-from hfseg.errors import HfsegError, strip_debug, user_errors_exit
+from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     own, rest = parser.parse_known_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     _, data_args, _ = parse_args(rest)
+    if own.plot:  # before the scan, which can take minutes
+        require_writable_dir(Path(own.plot).parent, "--plot")
     source = open_source(data_args)
     spec = build_label_spec(source, data_args) if source.id2label is not None else None
     report = scan_source(source, spec, own.max_samples, progress=not own.no_progress)

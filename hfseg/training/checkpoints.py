@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from hfseg.errors import HfsegError
+from hfseg.errors import HfsegError, require_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ def prepare_output_dir(training_args) -> str | None:
     restarts_unfinished = (
         str(training_args.resume_from_checkpoint).lower() == "auto" and (output_dir / INCOMPLETE_MARKER).exists()
     )
+    require_writable_dir(output_dir, "--output_dir")  # not after the data and model are loaded
     existing = run_files_in(output_dir)
     if existing and not (resumes_here or restarts_unfinished or training_args.overwrite_output_dir):
         shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
