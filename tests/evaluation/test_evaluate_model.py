@@ -227,3 +227,39 @@ def test_finetune_eval_flags_give_the_same_numbers_as_hfseg_evaluate(tmp_path):
     for key in RESULT_KEYS:
         np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
     assert (run / "predictions.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_with_a_label_map_is_evaluated_and_predicted_with_it_without_the_flag(shared_data, tmp_path, capsys):
+    """ISBI EM masks (0 = membrane, 255 = cell) trained with --label_map: `hfseg evaluate` without the flag gives
+    the run's own final numbers, a contradicting flag stops it, `hfseg predict --label_values original` writes
+    0/255, and the published files carry the label handling (config.json)."""
+    from conftest import tiny_run_args
+
+    from hfseg.evaluation.predict import main as predict_main
+    from hfseg.finetune import main as finetune_main
+    from hfseg.hub.push import files_to_push
+
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "membrane", "1": "cell"}))
+    em = shared_data / "isbi_em"
+    data = ["--data_dir", str(em), "--layout", "folder", "--image_dir", "train/image", "--mask_dir", "train/label",
+            "--id2label_file", str(tmp_path / "id2label.json")]  # fmt: skip
+    run = tmp_path / "run"
+    metrics = finetune_main(tiny_run_args(run, "--max_steps", "1", *data, "--label_map", '{"0": 0, "255": 1}'))
+    saved = json.loads((run / "config.json").read_text())["hfseg_label_spec"]
+    assert saved["label_map"] == {"0": 0, "255": 1} and saved["ignore_index"] == 255
+    assert "config.json" in files_to_push(run)
+
+    _, results = run_evaluate(run, "unused", tmp_path / "eval", *data, "--per_device_eval_batch_size", "4")
+    for key in RESULT_KEYS:
+        np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(run, "unused", tmp_path / "eval", *data, "--label_map", '{"255": 1}')
+    assert exit_info.value.code == 2
+    assert "--label_map {255: 1} contradicts the model's label_map {0: 0, 255: 1}" in capsys.readouterr().err
+
+    image = em / "train" / "image" / "0.png"
+    predict_main(["--model", str(run), "--input", str(image), "--output", str(tmp_path / "raw"),
+                  "--label_values", "original", "--no_overlays"])  # fmt: skip
+    raw = np.asarray(Image.open(tmp_path / "raw" / "0.png"))
+    assert raw.shape == (512, 512) and set(np.unique(raw).tolist()) <= {0, 255}
