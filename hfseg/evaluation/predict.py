@@ -4,7 +4,7 @@ hfseg predict --model DIR --input FILE|DIR --output OUT [--eval_mode slide --eva
 
 Writes OUT/<stem>.png, the index mask at the image's own size (pixel value = class id; a palette PNG
 coloured with the model's palette, 16-bit grayscale above 256 classes; with --label_values original, the raw
-values of the training masks as grayscale), and OUT/overlays/<stem>.png.
+values of the training masks as grayscale, or their colours for colour-coded masks), and OUT/overlays/<stem>.png.
 Folders keep their sub-folder structure. Every file is accounted for: files that are not images are
 listed, images that cannot be read are named and make the command fail after the others are written.
 """
@@ -51,9 +51,9 @@ class PredictArguments:
         default="class_ids",
         metadata={
             "help": "Pixel values of the written masks: class_ids (0..num_labels-1, palette PNG) or original (the "
-            "raw values of the training masks, grayscale PNG, from the label handling saved with the model: "
-            "--label_map inverted, reduce_labels class k -> k + 1; where the map sends several raw values to one "
-            "class, the smallest of those it lists is written).",
+            "raw values of the training masks as grayscale PNG, their colours for colour-coded masks), from the "
+            "label handling saved with the model: --label_map inverted, reduce_labels class k -> k + 1; where the "
+            "map sends several raw values to one class, the smallest of those it lists is written.",
             "choices": ["class_ids", "original"],
         },
     )
@@ -148,13 +148,15 @@ def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
 
 
 def save_raw_mask(values: np.ndarray, path: Path) -> None:
-    """(H, W) raw mask values -> 8-bit grayscale PNG, or 16-bit above 255."""
+    """(H, W) raw mask values -> 8-bit grayscale PNG (16-bit above 255); (H, W, 3) colours -> RGB PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)).save(path)
+    wide = values.ndim == 2 and values.max(initial=0) > 255
+    Image.fromarray(values.astype(np.uint16 if wide else np.uint8)).save(path)
 
 
 def original_values(config, model: str) -> np.ndarray:
-    """(num_labels,) class id -> the raw mask value it was trained from (`LabelSpec.raw_values`).
+    """(num_labels,) class id -> the raw mask value it was trained from (`LabelSpec.raw_values`), or
+    (num_labels, 3) its colour for a model trained on colour-coded masks (the saved palette).
 
     Raises:
         HfsegError: the model was saved without its label handling, or a class has no raw value.
@@ -166,9 +168,18 @@ def original_values(config, model: str) -> np.ndarray:
             "or a model from elsewhere), so its raw mask values are unknown; use --label_values class_ids"
         )
     try:
-        return spec.raw_values()
+        raw_values = spec.raw_values()
     except HfsegError as error:
         raise HfsegError(f"--label_values original: {error}; use --label_values class_ids") from None
+    if not spec.palette:
+        return raw_values
+    missing = [int(raw) for raw in raw_values if int(raw) not in spec.palette]
+    if missing:
+        raise HfsegError(
+            f"--label_values original: raw values {missing[:8]} have no colour in the palette saved in "
+            f"{model}/config.json; use --label_values class_ids"
+        )
+    return np.array([spec.palette[int(raw)] for raw in raw_values], dtype=np.uint8)
 
 
 def model_palette(config) -> np.ndarray:

@@ -151,3 +151,22 @@ def test_plain_pipeline_loads_a_model_with_saved_label_handling(em_model, shared
 
     segments = pipeline("image-segmentation", model=str(em_model))(str(shared_data / "isbi_em/train/image/0.png"))
     assert segments and {segment["label"] for segment in segments} <= {"membrane", "cell"}
+
+
+def test_original_label_values_of_colour_coded_masks_are_their_colours(tmp_path):
+    """A model trained on colour-coded masks (--palette_file) writes each class in its palette colour."""
+    from conftest import save_tiny_model
+    from transformers import AutoConfig
+
+    model = save_tiny_model(tmp_path / "model", {0: "road", 1: "car"})
+    config = AutoConfig.from_pretrained(model)
+    LabelSpec(config.id2label, palette={0: (128, 64, 128), 1: (0, 0, 142)}).save_to_config(config)
+    config.save_pretrained(model)
+    Image.fromarray(_random(30, 40)).save(tmp_path / "street.png")
+    flags = ["--model", str(model), "--input", str(tmp_path / "street.png"), "--no_overlays"]
+    predict_main([*flags, "--output", str(tmp_path / "ids")])
+    predict_main([*flags, "--output", str(tmp_path / "raw"), "--label_values", "original"])
+    ids, raw = Image.open(tmp_path / "ids" / "street.png"), Image.open(tmp_path / "raw" / "street.png")
+    assert raw.mode == "RGB" and raw.size == (40, 30)
+    colours = np.array([[128, 64, 128], [0, 0, 142]], dtype=np.uint8)
+    assert np.array_equal(np.asarray(raw), colours[np.asarray(ids)])
