@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
+    spec.save_to_config(model.config)  # config.json carries the label handling to evaluate, predict and the Hub
     train_masks = training_masks(
         source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
     )

@@ -15,6 +15,10 @@ from PIL import Image
 
 from hfseg.errors import HfsegError
 
+#: The model-config attribute (saved in config.json, next to id2label) that holds the run's label handling, so
+#: `hfseg evaluate`, `hfseg predict` and the pipeline read pixel values as training did.
+CONFIG_ATTRIBUTE = "hfseg_label_spec"
+
 
 class MaskError(HfsegError):
     """A mask that cannot become training labels.
@@ -76,6 +80,69 @@ class LabelSpec:
         if self.palette and mask.mode in ("RGB", "RGBA") and not _equal_channels(mask):
             return colour_to_index(np.asarray(mask.convert("RGB")), self.palette, source)
         return decode_mask(mask, source)
+
+    def save_to_config(self, config) -> None:
+        """Write the label handling into a model config (`CONFIG_ATTRIBUTE`; JSON keys are strings); the class names
+        are the config's own id2label."""
+        label_map = {str(raw): final for raw, final in sorted((self.label_map or {}).items())}
+        palette = {str(index): list(rgb) for index, rgb in sorted((self.palette or {}).items())}
+        saved = {"ignore_index": self.ignore_index, "reduce_labels": self.reduce_labels}
+        setattr(config, CONFIG_ATTRIBUTE, {**saved, "label_map": label_map or None, "palette": palette or None})
+
+    @classmethod
+    def from_config(cls, config, where: str = "config.json") -> LabelSpec | None:
+        """The label handling a model was trained with, or None for a model saved without it (older runs, models
+        from elsewhere).
+
+        Raises:
+            HfsegError: the saved entry is malformed, naming `where` and the field.
+        """
+        saved = getattr(config, CONFIG_ATTRIBUTE, None)
+        if saved is None:
+            return None
+        try:
+            palette = saved.get("palette")
+            return cls(
+                {int(k): v for k, v in config.id2label.items()},
+                int(saved["ignore_index"]),
+                bool(saved["reduce_labels"]),
+                saved.get("label_map"),
+                {int(k): tuple(int(c) for c in rgb) for k, rgb in palette.items()} if palette else None,
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise HfsegError(
+                f"{where}: '{CONFIG_ATTRIBUTE}' is malformed ({error!r}); expected ignore_index, reduce_labels, "
+                "label_map and palette as hfseg finetune writes them: remove the entry to fall back to the flags"
+            ) from None
+
+    def raw_values(self) -> np.ndarray:
+        """(num_labels,) class id -> the raw mask value that stands for it: the inverse of `lookup_table`.
+
+        With reduce_labels class k is raw k + 1. With a label map a class is the raw value the map sends to it;
+        where several raw values go to one class, the smallest; a raw value the map lists wins over one that
+        passes through unmapped (with {0: 0, 255: 1}, class 1 is 255, not 1).
+
+        Raises:
+            HfsegError: a class that no raw value becomes (the map sends its own value elsewhere).
+        """
+        if self.reduce_labels:
+            return np.arange(1, self.num_labels + 1, dtype=np.int64)
+        label_map = self.label_map or {}
+        listed: dict[int, int] = {}
+        for raw, final in sorted(label_map.items()):
+            listed.setdefault(final, raw)
+        values = []
+        for index in range(self.num_labels):
+            if index in listed:
+                values.append(listed[index])
+            elif index not in label_map:
+                values.append(index)
+            else:
+                raise HfsegError(
+                    f"class {index} ('{self.id2label[index]}') has no raw mask value: the label map sends raw "
+                    f"{index} to {label_map[index]} and no raw value to {index}"
+                )
+        return np.array(values, dtype=np.int64)
 
     @property
     def num_labels(self) -> int:

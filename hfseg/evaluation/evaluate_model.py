@@ -23,7 +23,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from hfseg.config import DataArguments, SegTrainingArguments
-from hfseg.data.adapters import build_label_spec, open_source
+from hfseg.data.adapters import label_spec_for_model, open_source, with_saved_ignore_index
 from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, split_train_validation
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.labels import LabelSpec
@@ -65,7 +65,7 @@ class EvaluateArguments:
 def parse_evaluate_args(argv: list[str] | None = None):
     parser = HfArgumentParser((EvaluateArguments, DataArguments, SegTrainingArguments))
     parser.prog = "hfseg evaluate"
-    parser.set_defaults(output_dir="outputs/eval")
+    parser.set_defaults(output_dir="outputs/eval", ignore_index=None)  # None: the model's (LabelSpec.from_config)
     try:
         evaluate_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as error:
@@ -88,23 +88,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model -> labels -> data at the mode's resolution.
     model, processor = load_for_inference(evaluate_args.model, evaluate_args.revision, evaluate_args.trust_remote_code)
+    where = config_location(evaluate_args.model)
+    saved = LabelSpec.from_config(model.config, where)  # None for models saved without it: the flags decide
+    data_args = with_saved_ignore_index(data_args, saved, where)
     source = open_source(data_args, seed=training_args.seed)
-    spec = label_spec_for(model, source, data_args)
+    spec = label_spec_for_model(source, data_args, model.config.id2label, saved, where)
     rows = evaluation_split(source, data_args, evaluate_args.split, training_args.seed)
     options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
     eval_transform = eval_transform_for(processor, options)
     dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform)
 
     # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
-    metric = TrainerSegmentationMetrics(spec.id2label, data_args.ignore_index, keep_per_sample=evaluate_args.worst > 0)
+    metric = TrainerSegmentationMetrics(spec.id2label, spec.ignore_index, keep_per_sample=evaluate_args.worst > 0)
     trainer = SegTrainer(
         model=model,
         args=training_args,
         eval_dataset=dataset,
-        data_collator=functools.partial(collate_segmentation, ignore_index=data_args.ignore_index),
+        data_collator=functools.partial(collate_segmentation, ignore_index=spec.ignore_index),
         compute_metrics=metric,
         processing_class=processor,
-        ignore_index=data_args.ignore_index,
+        ignore_index=spec.ignore_index,
         inference_options=options,
     )
     metrics = trainer.evaluate()
@@ -139,17 +142,9 @@ def compact_json(data) -> str:
     return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text)
 
 
-def label_spec_for(model, source, data_args) -> LabelSpec:
-    """The data's label convention with the model's class names; a source that names its classes must have
-    as many as the model (a source that does not is taken to use the model's ids)."""
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    if source.id2label is not None and len(source.id2label) != len(id2label):
-        raise HfsegError(
-            f"the data have {len(source.id2label)} classes but the model has {len(id2label)}; evaluate on the data "
-            "the model was trained for, or pass --id2label_file / --reduce_labels to match its classes"
-        )
-    source.id2label = id2label
-    return build_label_spec(source, data_args)
+def config_location(model: str) -> str:
+    """Where a model's config.json is, for messages: DIR/config.json, or the Hub id's."""
+    return str(Path(model) / "config.json") if Path(model).is_dir() else f"config.json of {model}"
 
 
 def evaluation_split(source, data_args, split: str | None, seed: int):

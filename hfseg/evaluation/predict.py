@@ -3,7 +3,8 @@
 hfseg predict --model DIR --input FILE|DIR --output OUT [--eval_mode slide --eval_flip] [--batch_size 8]
 
 Writes OUT/<stem>.png, the index mask at the image's own size (pixel value = class id; a palette PNG
-coloured with the model's palette, 16-bit grayscale above 256 classes), and OUT/overlays/<stem>.png.
+coloured with the model's palette, 16-bit grayscale above 256 classes; with --label_values original, the raw
+values of the training masks as grayscale, or their colours for colour-coded masks), and OUT/overlays/<stem>.png.
 Folders keep their sub-folder structure. Every file is accounted for: files that are not images are
 listed, images that cannot be read are named and make the command fail after the others are written.
 """
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import HfArgumentParser
 
 from hfseg.config import SegTrainingArguments
-from hfseg.data.labels import load_rgb
+from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_logits
 from hfseg.evaluation.visualize import make_palette, overlay
@@ -46,6 +47,16 @@ class PredictArguments:
         default=True, metadata={"help": "Also write OUT/overlays/<stem>.png, the masks over the images."}
     )
     overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask colours in the overlays."})
+    label_values: str = field(
+        default="class_ids",
+        metadata={
+            "help": "Pixel values of the written masks: class_ids (0..num_labels-1, palette PNG) or original (the "
+            "raw values of the training masks as grayscale PNG, their colours for colour-coded masks), from the "
+            "label handling saved with the model: --label_map inverted, reduce_labels class k -> k + 1; where the "
+            "map sends several raw values to one class, the smallest of those it lists is written.",
+            "choices": ["class_ids", "original"],
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own Python code to run."})
@@ -140,6 +151,41 @@ def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
     image.save(path)
 
 
+def save_raw_mask(values: np.ndarray, path: Path) -> None:
+    """(H, W) raw mask values -> 8-bit grayscale PNG (16-bit above 255); (H, W, 3) colours -> RGB PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wide = values.ndim == 2 and values.max(initial=0) > 255
+    Image.fromarray(values.astype(np.uint16 if wide else np.uint8)).save(path)
+
+
+def original_values(config, model: str) -> np.ndarray:
+    """(num_labels,) class id -> the raw mask value it was trained from (`LabelSpec.raw_values`), or
+    (num_labels, 3) its colour for a model trained on colour-coded masks (the saved palette).
+
+    Raises:
+        HfsegError: the model was saved without its label handling, or a class has no raw value.
+    """
+    spec = LabelSpec.from_config(config, f"{model}/config.json")
+    if spec is None:
+        raise HfsegError(
+            f"--label_values original: {model} was saved without its label handling (a run before hfseg saved it, "
+            "or a model from elsewhere), so its raw mask values are unknown; use --label_values class_ids"
+        )
+    try:
+        raw_values = spec.raw_values()
+    except HfsegError as error:
+        raise HfsegError(f"--label_values original: {error}; use --label_values class_ids") from None
+    if not spec.palette:
+        return raw_values
+    missing = [int(raw) for raw in raw_values if int(raw) not in spec.palette]
+    if missing:
+        raise HfsegError(
+            f"--label_values original: raw values {missing[:8]} have no colour in the palette saved in "
+            f"{model}/config.json; use --label_values class_ids"
+        )
+    return np.array([spec.palette[int(raw)] for raw in raw_values], dtype=np.uint8)
+
+
 def model_palette(config) -> np.ndarray:
     """The model's palette (`config.palette`, when it has one) or hfseg's deterministic one."""
     palette = getattr(config, "palette", None)
@@ -160,6 +206,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     options = options.with_input_size(processor_input_size(processor))
     transform = eval_transform_for(processor, options)
     palette = model_palette(model.config)
+    raw_values = original_values(model.config, predict_args.model) if predict_args.label_values == "original" else None
 
     input_path, output_dir = Path(predict_args.input), Path(predict_args.output)
     images, others = list_inputs(input_path, output_dir)
@@ -186,7 +233,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             logits = predict_logits(model, [image for image, _ in batch], transform, options)
             for (image, name), image_logits in zip(batch, logits, strict=True):
                 mask = image_logits.argmax(0).cpu().numpy()
-                save_mask(mask, palette, output_dir / name)
+                if raw_values is None:
+                    save_mask(mask, palette, output_dir / name)
+                else:
+                    save_raw_mask(raw_values[mask], output_dir / name)
                 if predict_args.overlays:
                     overlay_path = output_dir / OVERLAY_DIR / name
                     overlay_path.parent.mkdir(parents=True, exist_ok=True)

@@ -103,3 +103,46 @@ def test_load_rgb_applies_exif_and_converts_modes():
         assert converted.mode == "RGB" and converted.size == (5, 3), mode
     cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # pure red in CMYK
     assert load_rgb(cmyk).getpixel((0, 0)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (LabelSpec({0: "membrane", 1: "cell"}, label_map={0: 0, 255: 1}), [0, 255]),  # listed 255 beats unmapped 1
+        (LabelSpec({0: "a", 1: "b", 2: "c"}, reduce_labels=True), [1, 2, 3]),
+        (LabelSpec({0: "a", 1: "b"}, label_map={3: 1, 1: 0, 2: 0, 9: 255}), [1, 3]),  # two raw values: the smallest
+        (LabelSpec({0: "a", 1: "b", 2: "c"}), [0, 1, 2]),
+    ],
+)
+def test_raw_values_invert_the_label_handling(spec, expected):
+    raw = spec.raw_values()
+    assert raw.tolist() == expected
+    assert spec.lookup_table(int(raw.max()))[raw].tolist() == list(range(spec.num_labels)), "encode(raw) = class"
+
+
+def test_raw_values_refuse_a_class_no_raw_value_becomes():
+    with pytest.raises(HfsegError, match=r"class 1 \('b'\) has no raw mask value: the label map sends raw 1 to 0"):
+        LabelSpec({0: "a", 1: "b"}, label_map={1: 0}).raw_values()
+
+
+def test_label_handling_round_trips_through_a_saved_model_config(tmp_path):
+    from transformers import SegformerConfig
+
+    spec = LabelSpec(
+        {0: "road", 1: "car"}, ignore_index=0, label_map={7: 0, 26: 1, 3: 0}, palette={7: (1, 2, 3), 26: (4, 5, 6)}
+    )
+    config = SegformerConfig(id2label=spec.id2label, label2id=spec.label2id)
+    assert LabelSpec.from_config(config) is None, "a model saved without it: the flags decide, as before"
+    spec.save_to_config(config)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["hfseg_label_spec"]
+    assert saved["label_map"] == {"3": 0, "7": 0, "26": 1} and saved["ignore_index"] == 0
+    assert LabelSpec.from_config(SegformerConfig.from_pretrained(tmp_path)) == spec
+
+
+def test_a_malformed_saved_label_handling_names_the_file_and_the_entry():
+    from transformers import SegformerConfig
+
+    config = SegformerConfig(hfseg_label_spec={"reduce_labels": False})
+    with pytest.raises(HfsegError, match=r"run/config.json: 'hfseg_label_spec' is malformed \(KeyError"):
+        LabelSpec.from_config(config, "run/config.json")

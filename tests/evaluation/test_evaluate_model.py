@@ -3,6 +3,7 @@ real ADE20K samples, and 2 processes == 1 process exactly."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from conftest import ROOT, save_tiny_model
 from PIL import Image
 
+from hfseg.data.labels import LabelSpec
 from hfseg.data.synthetic import make_synthetic_dataset
 from hfseg.evaluation.evaluate_model import main as evaluate_main
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
@@ -86,6 +88,63 @@ def test_evaluate_refuses_data_with_another_number_of_classes(saved_tiny_model, 
                        "--id2label_file", str(tmp_path / "three.json"), "--output_dir", str(tmp_path)])  # fmt: skip
     assert exit_info.value.code == 2
     assert "the data have 3 classes but the model has 5" in capsys.readouterr().err
+
+
+SWAP = {0: 1, 1: 0}  # a label map that matters: raw background is class 1 ("disc"), raw 1 is class 0
+
+
+@pytest.fixture(scope="module")
+def swapped_model(saved_tiny_model, tmp_path_factory):
+    """The tiny model's weights saved as `hfseg finetune --label_map '{"0": 1, "1": 0}'` saves a model."""
+    from transformers import AutoConfig
+
+    directory = tmp_path_factory.mktemp("swapped")
+    for path in saved_tiny_model.iterdir():
+        shutil.copy(path, directory / path.name)
+    config = AutoConfig.from_pretrained(directory)
+    LabelSpec({int(k): v for k, v in config.id2label.items()}, label_map=SWAP).save_to_config(config)
+    config.save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_reuses_the_label_map_saved_with_the_model(saved_tiny_model, swapped_model, saved_data, tmp_path):
+    """Without the flag, a model trained with --label_map is scored as with it, not with raw values as classes."""
+    _, saved = run_evaluate(swapped_model, saved_data, tmp_path / "saved")
+    _, repeated = run_evaluate(swapped_model, saved_data, tmp_path / "repeated", "--label_map", json.dumps(SWAP))
+    _, unmapped = run_evaluate(saved_tiny_model, saved_data, tmp_path / "unmapped")  # same weights, saved without it
+    assert saved["confusion_matrix"] == repeated["confusion_matrix"]
+    assert saved["eval_mean_iou"] == repeated["eval_mean_iou"]
+    assert unmapped["confusion_matrix"] != repeated["confusion_matrix"], "the map changes the scores"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--label_map", '{"0": 0}'], "--label_map {0: 0} contradicts the model's label_map {0: 1, 1: 0}"),
+        (["--reduce_labels", "true"], "--reduce_labels True contradicts the model's reduce_labels False"),
+        (["--ignore_index", "0"], "--ignore_index 0 contradicts the model's ignore_index 255"),
+    ],
+)
+def test_evaluate_refuses_a_flag_that_contradicts_the_saved_label_handling(
+    swapped_model, saved_data, tmp_path, capsys, flags, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(swapped_model, saved_data, tmp_path, *flags)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and f"saved in {swapped_model / 'config.json'}" in error
+    assert "Traceback" not in error
+
+
+def test_evaluate_refuses_data_whose_class_names_are_not_the_models(saved_tiny_model, saved_data, tmp_path, capsys):
+    (tmp_path / "names.json").write_text(json.dumps(["background", "disc", "box", "tree", "striped_ellipse"]))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(saved_tiny_model, saved_data, tmp_path, "--id2label_file", str(tmp_path / "names.json"))
+    assert exit_info.value.code == 2
+    assert "the data call class 3 'tree' but the model" in capsys.readouterr().err
+    same = ["Background", "disc", "box", "triangle", "striped_ellipse "]  # case and spaces aside: the same names
+    (tmp_path / "names.json").write_text(json.dumps(same))
+    run_evaluate(saved_tiny_model, saved_data, tmp_path, "--id2label_file", str(tmp_path / "names.json"))
 
 
 def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
@@ -168,3 +227,39 @@ def test_finetune_eval_flags_give_the_same_numbers_as_hfseg_evaluate(tmp_path):
     for key in RESULT_KEYS:
         np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
     assert (run / "predictions.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_with_a_label_map_is_evaluated_and_predicted_with_it_without_the_flag(shared_data, tmp_path, capsys):
+    """ISBI EM masks (0 = membrane, 255 = cell) trained with --label_map: `hfseg evaluate` without the flag gives
+    the run's own final numbers, a contradicting flag stops it, `hfseg predict --label_values original` writes
+    0/255, and the published files carry the label handling (config.json)."""
+    from conftest import tiny_run_args
+
+    from hfseg.evaluation.predict import main as predict_main
+    from hfseg.finetune import main as finetune_main
+    from hfseg.hub.push import files_to_push
+
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "membrane", "1": "cell"}))
+    em = shared_data / "isbi_em"
+    data = ["--data_dir", str(em), "--layout", "folder", "--image_dir", "train/image", "--mask_dir", "train/label",
+            "--id2label_file", str(tmp_path / "id2label.json")]  # fmt: skip
+    run = tmp_path / "run"
+    metrics = finetune_main(tiny_run_args(run, "--max_steps", "1", *data, "--label_map", '{"0": 0, "255": 1}'))
+    saved = json.loads((run / "config.json").read_text())["hfseg_label_spec"]
+    assert saved["label_map"] == {"0": 0, "255": 1} and saved["ignore_index"] == 255
+    assert "config.json" in files_to_push(run)
+
+    _, results = run_evaluate(run, "unused", tmp_path / "eval", *data, "--per_device_eval_batch_size", "4")
+    for key in RESULT_KEYS:
+        np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(run, "unused", tmp_path / "eval", *data, "--label_map", '{"255": 1}')
+    assert exit_info.value.code == 2
+    assert "--label_map {255: 1} contradicts the model's label_map {0: 0, 255: 1}" in capsys.readouterr().err
+
+    image = em / "train" / "image" / "0.png"
+    predict_main(["--model", str(run), "--input", str(image), "--output", str(tmp_path / "raw"),
+                  "--label_values", "original", "--no_overlays"])  # fmt: skip
+    raw = np.asarray(Image.open(tmp_path / "raw" / "0.png"))
+    assert raw.shape == (512, 512) and set(np.unique(raw).tolist()) <= {0, 255}

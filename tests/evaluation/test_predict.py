@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hfseg.data.labels import LabelSpec
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.predict import list_inputs, read_image
 from hfseg.evaluation.predict import main as predict_main
@@ -130,3 +131,73 @@ def test_two_inputs_with_one_output_name_are_refused(saved_tiny_model, tmp_path,
     with pytest.raises(SystemExit):
         predict_main(["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path / "out")])
     assert "would both be written as scene.png" in capsys.readouterr().err
+
+
+EM_MAP = {0: 0, 255: 1}  # ISBI EM masks: 0 = membrane, 255 = cell
+
+
+@pytest.fixture(scope="module")
+def em_model(tmp_path_factory):
+    """A tiny model saved as `hfseg finetune --label_map '{"0": 0, "255": 1}'` saves one for the EM masks."""
+    from conftest import save_tiny_model
+    from transformers import AutoConfig
+
+    directory = save_tiny_model(tmp_path_factory.mktemp("em_model"), {0: "membrane", 1: "cell"})
+    config = AutoConfig.from_pretrained(directory)
+    LabelSpec(config.id2label, label_map=EM_MAP).save_to_config(config)
+    config.save_pretrained(directory)
+    return directory
+
+
+def test_predict_writes_the_original_label_values_on_request(em_model, shared_data, tmp_path):
+    """--label_values original: the raw values of the training masks (0/255), pixel for pixel the class ids
+    inverted through the saved label map; the default stays class ids."""
+    images = shared_data / "isbi_em" / "train" / "image"
+    flags = ["--model", str(em_model), "--input", str(images), "--no_overlays"]
+    predict_main([*flags, "--output", str(tmp_path / "ids")])
+    predict_main([*flags, "--output", str(tmp_path / "raw"), "--label_values", "original"])
+    names = sorted(path.name for path in images.glob("*.png"))
+    assert sorted(path.name for path in (tmp_path / "raw").glob("*.png")) == names
+    seen = set()
+    for name in names:
+        ids, raw = Image.open(tmp_path / "ids" / name), Image.open(tmp_path / "raw" / name)
+        assert ids.mode == "P" and raw.mode == "L" and raw.size == ids.size == (512, 512)
+        assert np.array_equal(np.asarray(raw), np.array([0, 255], dtype=np.uint8)[np.asarray(ids)])
+        seen |= set(np.unique(np.asarray(raw)).tolist())
+    assert seen <= {0, 255} and seen
+
+
+def test_original_label_values_need_the_saved_label_handling(saved_tiny_model, tmp_path, capsys):
+    Image.fromarray(_random(20, 20)).save(tmp_path / "image.png")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--model", str(saved_tiny_model), "--input", str(tmp_path / "image.png"),
+                      "--output", str(tmp_path / "out"), "--label_values", "original"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "was saved without its label handling" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+def test_plain_pipeline_loads_a_model_with_saved_label_handling(em_model, shared_data):
+    from transformers import pipeline
+
+    segments = pipeline("image-segmentation", model=str(em_model))(str(shared_data / "isbi_em/train/image/0.png"))
+    assert segments and {segment["label"] for segment in segments} <= {"membrane", "cell"}
+
+
+def test_original_label_values_of_colour_coded_masks_are_their_colours(tmp_path):
+    """A model trained on colour-coded masks (--palette_file) writes each class in its palette colour."""
+    from conftest import save_tiny_model
+    from transformers import AutoConfig
+
+    model = save_tiny_model(tmp_path / "model", {0: "road", 1: "car"})
+    config = AutoConfig.from_pretrained(model)
+    LabelSpec(config.id2label, palette={0: (128, 64, 128), 1: (0, 0, 142)}).save_to_config(config)
+    config.save_pretrained(model)
+    Image.fromarray(_random(30, 40)).save(tmp_path / "street.png")
+    flags = ["--model", str(model), "--input", str(tmp_path / "street.png"), "--no_overlays"]
+    predict_main([*flags, "--output", str(tmp_path / "ids")])
+    predict_main([*flags, "--output", str(tmp_path / "raw"), "--label_values", "original"])
+    ids, raw = Image.open(tmp_path / "ids" / "street.png"), Image.open(tmp_path / "raw" / "street.png")
+    assert raw.mode == "RGB" and raw.size == (40, 30)
+    colours = np.array([[128, 64, 128], [0, 0, 142]], dtype=np.uint8)
+    assert np.array_equal(np.asarray(raw), colours[np.asarray(ids)])

@@ -7,6 +7,7 @@ local datasets folder (`hub.py`), or `--data_dir` with `--layout` (`layouts.py`,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from hfseg.config import DataArguments
@@ -16,7 +17,15 @@ from hfseg.data.labels import LabelSpec, load_id2label, load_label_map, load_pal
 from hfseg.data.synthetic import SYNTHETIC_ID2LABEL, make_synthetic_dataset
 from hfseg.errors import HfsegError
 
-__all__ = ["Problem", "SourceData", "build_label_spec", "load_source", "open_source"]
+__all__ = [
+    "Problem",
+    "SourceData",
+    "build_label_spec",
+    "label_spec_for_model",
+    "load_source",
+    "open_source",
+    "with_saved_ignore_index",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +93,72 @@ def build_label_spec(source: SourceData, data_args: DataArguments) -> LabelSpec:
     if source.id2label is None:
         raise HfsegError("no class names: pass --id2label_file with a JSON {id: name} of the final classes")
     return LabelSpec(source.id2label, data_args.ignore_index, reduce_labels, source.label_map, source.palette)
+
+
+def with_saved_ignore_index(data_args: DataArguments, saved: LabelSpec | None, where: str) -> DataArguments:
+    """`data_args` whose `ignore_index` is the saved model's (`--ignore_index` left out is None here).
+
+    Set before the source is opened: layouts build their label tables with it.
+
+    Raises:
+        HfsegError: `--ignore_index` contradicts the saved one, naming both values.
+    """
+    given = data_args.ignore_index
+    if saved is None:
+        default = next(f.default for f in dataclasses.fields(DataArguments) if f.name == "ignore_index")
+        return dataclasses.replace(data_args, ignore_index=default if given is None else given)
+    if given is not None and given != saved.ignore_index:
+        raise contradiction("--ignore_index", given, "ignore_index", saved.ignore_index, where)
+    return dataclasses.replace(data_args, ignore_index=saved.ignore_index)
+
+
+def label_spec_for_model(
+    source: SourceData, data_args: DataArguments, model_id2label: dict, saved: LabelSpec | None, where: str
+) -> LabelSpec:
+    """The `LabelSpec` to score a saved model with: the one it was trained with (`saved`), or for a model saved
+    without one, the data's convention and flags with the model's class names.
+
+    Raises:
+        HfsegError: the data name other classes than the model (count or names), or a label flag or the
+            layout's own label table contradicts the saved handling; each message names both values.
+    """
+    model_id2label = {int(k): str(v) for k, v in model_id2label.items()}
+    check_same_classes(source.id2label, model_id2label, where)
+    if saved is None:
+        source.id2label = model_id2label
+        return build_label_spec(source, data_args)
+    if data_args.reduce_labels is not None and data_args.reduce_labels != saved.reduce_labels:
+        raise contradiction("--reduce_labels", data_args.reduce_labels, "reduce_labels", saved.reduce_labels, where)
+    if source.label_map and source.label_map != saved.label_map:
+        flag = "--label_map" if data_args.label_map else f"the {data_args.layout} layout's label table"
+        raise contradiction(flag, source.label_map, "label_map", saved.label_map, where)
+    if data_args.palette_file and source.palette != saved.palette:
+        raise contradiction("--palette_file", source.palette, "palette", saved.palette, where)
+    return saved
+
+
+def check_same_classes(data_id2label: dict | None, model_id2label: dict[int, str], where: str) -> None:
+    """Data that name their classes must name the model's, in its order (case and spaces aside)."""
+    if data_id2label is None:
+        return
+    if len(data_id2label) != len(model_id2label):
+        raise HfsegError(
+            f"the data have {len(data_id2label)} classes but the model has {len(model_id2label)}; evaluate on the "
+            "data the model was trained for, or pass --id2label_file / --reduce_labels to match its classes"
+        )
+    for index, name in sorted(model_id2label.items()):
+        data_name = str(data_id2label.get(index, data_id2label.get(str(index))))
+        if data_name.strip().casefold() != name.strip().casefold():
+            raise HfsegError(
+                f"the data call class {index} '{data_name}' but the model ({where}) calls it '{name}'; evaluate on "
+                "data with the model's classes, or pass --id2label_file with the model's names if they are the same "
+                "classes"
+            )
+
+
+def contradiction(flag: str, given, name: str, saved, where: str) -> HfsegError:
+    """The error for a label setting that contradicts the one saved with the model."""
+    return HfsegError(
+        f"{flag} {given} contradicts the model's {name} {saved} (saved in {where}); leave {flag} out to use the "
+        "model's, or use a model trained with it"
+    )
