@@ -103,3 +103,11 @@ def test_load_rgb_applies_exif_and_converts_modes():
         assert converted.mode == "RGB" and converted.size == (5, 3), mode
     cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # pure red in CMYK
     assert load_rgb(cmyk).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_id2label_keyed_by_mask_values_gets_the_label_map_fix():
+    with pytest.raises(HfsegError) as error:
+        LabelSpec({0: "membrane", 255: "cell"})
+    message = str(error.value)
+    assert "got [0, 255]" in message
+    assert """({"0": "membrane", "1": "cell"})""" in message and """--label_map '{"0": 0, "255": 1}'""" in message
