@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Image
+from datasets import Dataset
 from PIL import ExifTags, ImageOps, UnidentifiedImageError
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from hfseg.data.adapters import Problem, SourceData, build_label_spec, open_source
+from hfseg.data.adapters.base import undecoded
 from hfseg.data.labels import LabelSpec, MaskError, check_same_size, decode_mask, load_rgb
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 
@@ -118,14 +119,6 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
         raw_bad = sorted({int(v) for v in np.unique(raw[np.isin(labels, values)])})[:8]
         problems.append(Problem.from_error(spec.values_error(values, mask_name, raw_bad)))
     return size, labels, raw, problems
-
-
-def undecoded(dataset: Dataset, columns: tuple[str, str]) -> Dataset:
-    """The dataset with its Image columns left undecoded, so a broken file is reported by path."""
-    for column in columns:
-        if isinstance(dataset.features.get(column), Image):
-            dataset = dataset.cast_column(column, Image(decode=False))
-    return dataset
 
 
 def scan_source(

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,10 +54,13 @@ def test_evaluate_scores_at_original_resolution_and_writes_outputs(saved_tiny_mo
     assert results["num_images"] == 5 and results["inference"]["mode"] == "whole"
     worst = results["worst_images"]
     assert len(worst) == 2 and worst[0]["mean_iou"] <= worst[1]["mean_iou"]
+    # Rows saved as image bytes have no file name: the row index names them.
+    assert worst[0]["image"] is None and worst[0]["mask"] is None
     for name in ("confusion_matrix.png", "worst_images.png"):
         assert Image.open(tmp_path / name).size[0] > 100
     printed = capsys.readouterr().out
     assert "| striped_ellipse" in printed and "| aAcc" in printed
+    assert f"{worst[0]['mean_iou']:.4f}  row {worst[0]['index']}" in printed
     assert f"{100 * results['eval_mean_iou']:.2f}" in printed
 
 
@@ -88,7 +92,7 @@ def test_evaluate_refuses_data_with_another_number_of_classes(saved_tiny_model, 
     assert "the data have 3 classes but the model has 5" in capsys.readouterr().err
 
 
-def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
+def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path, capsys):
     """The two real ADE20K validation pairs (683x512, 500x364) in their own layout; 0 = other is reduced away."""
     from hfseg.data.adapters.ade20k_classes import ADE20K_CLASSES
 
@@ -116,6 +120,11 @@ def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
     assert np.array(results["confusion_matrix"]).sum() == labelled
     assert results["num_images"] == 2 and len(results["eval_per_category_iou"]) == 150
     assert results["id2label"]["0"] == "wall"
+    # --worst names the files of a local source, in eval_results.json and on stdout.
+    (worst,) = results["worst_images"]
+    image, mask = Path(worst["image"]), Path(worst["mask"])
+    assert mask in masks and image.parent.name == "validation" and image.stem == mask.stem
+    assert f"{worst['mean_iou']:.4f}  {image.name}" in capsys.readouterr().out
 
 
 def _free_port() -> int:
