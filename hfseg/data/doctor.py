@@ -234,7 +234,12 @@ def ignore_problems(
 
 def suggest_label_map(spec: LabelSpec, raw_values: set[int], empty: list[int]) -> str:
     """The `--label_map` that gives the raw values now read as ignore to the classes without pixels, both in
-    increasing order; every other raw value seen keeps its current label."""
+    increasing order; every other raw value seen keeps its current label. Under reduce-labels, when the raw
+    values already fit id2label, the fix is to turn reduce-labels off instead."""
+    if spec.reduce_labels and 0 in raw_values and max(raw_values - {spec.ignore_index}, default=0) < spec.num_labels:
+        return (
+            "mask value 0 looks like a class, not 'other' (the values fit id2label as they are): --reduce_labels false"
+        )
     table = spec.lookup_table(max(max(raw_values, default=0), 255))
     ignored = [value for value in sorted(raw_values) if table[value] == spec.ignore_index]
     if not ignored or not empty:

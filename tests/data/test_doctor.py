@@ -316,3 +316,14 @@ def test_all_ignore_validation_split_stops_training(tmp_path):
     source = load_source(data_args)
     with pytest.raises(HfsegError, match="validation split: no labelled pixel"):
         check_source(source, build_label_spec(source, data_args), data_args)
+
+
+def test_reduce_labels_on_zero_based_masks_suggests_turning_it_off(tmp_path, capsys):
+    mask = np.zeros((24, 32), dtype=np.uint8)  # 0 = background, a class, over half the pixels
+    mask[:, 20:] = 1
+    root = two_value_folder(tmp_path, [mask] * 2, [mask], {"0": "background", "1": "road"})
+    code, out = doctor_exit(root, "--reduce_labels", "true", capsys=capsys)
+    assert code == 1
+    problem = next(line for line in out.splitlines() if line.startswith("  [ignore_share] train split"))
+    assert "62.5% of the pixels are ignore_index=255 (raw value(s) [0])" in problem
+    assert "--reduce_labels false" in problem
