@@ -218,7 +218,11 @@ def ignore_problems(
     found_values = f"raw value(s) {ignored_values[:8]}"
     if labelled == 0:
         found = f"no labelled pixel: every checked mask pixel is ignore_index={spec.ignore_index} ({found_values})"
-        return [Problem("no_labelled_pixels", f"{split} split", found, suggest_label_map(spec, raw_values, empty))]
+        if raw_values <= {spec.ignore_index}:  # nothing to remap: the masks themselves hold no labels
+            fix = "re-export these masks with their labels, or train and evaluate on splits that have them"
+        else:
+            fix = suggest_label_map(spec, raw_values, empty)
+        return [Problem("no_labelled_pixels", f"{split} split", found, fix)]
     if allow_high_ignore or not (share > IGNORE_SHARE_MAX or (empty and share > IGNORE_SHARE_WITH_EMPTY_CLASS)):
         return []
     names = ", ".join(f"'{spec.id2label[index]}' ({index})" for index in empty[:5])

@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         inference_options=options,
     )
     metrics = trainer.evaluate()
+    if math.isnan(metrics["eval_mean_iou"]):
+        raise HfsegError(
+            f"no labelled pixel in the {len(rows)} evaluated images (every mask pixel is "
+            f"ignore_index={data_args.ignore_index}), so there is no score; evaluate a split with labels "
+            "(`hfseg doctor` with the same data flags shows pixels per class)"
+        )
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

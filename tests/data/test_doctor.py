@@ -296,6 +296,7 @@ def test_all_ignore_split_is_a_problem_even_when_high_ignore_is_allowed(tmp_path
     assert code == 1
     problem = next(line for line in out.splitlines() if line.startswith("  [no_labelled_pixels]"))
     assert "val split: no labelled pixel: every checked mask pixel is ignore_index=255" in problem
+    assert "re-export these masks" in problem and "--label_map" not in problem
 
 
 def test_training_check_stops_on_a_class_read_as_ignore_even_with_skip_bad_samples(tmp_path):

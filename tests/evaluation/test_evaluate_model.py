@@ -177,3 +177,19 @@ def test_finetune_eval_flags_give_the_same_numbers_as_hfseg_evaluate(tmp_path):
     for key in RESULT_KEYS:
         np.testing.assert_array_equal(np.array(results[key], dtype=float), np.array(metrics[key], dtype=float))
     assert (run / "predictions.png").is_file()
+
+
+def test_evaluate_on_masks_without_labels_is_an_error_not_nan(saved_tiny_model, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    image = Image.fromarray(np.full((24, 32, 3), 128, dtype=np.uint8))
+    unlabelled = Image.fromarray(np.full((24, 32), 255, dtype=np.uint8))
+    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
+    rows = Dataset.from_dict({"image": [image] * 2, "annotation": [unlabelled] * 2}, features=features)
+    DatasetDict({"validation": rows}).save_to_disk(str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(saved_tiny_model, tmp_path / "data", tmp_path / "out")
+    assert exit_info.value.code == 2
+    assert "no labelled pixel in the 2 evaluated images" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "eval_results.json").exists()
