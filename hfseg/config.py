@@ -163,6 +163,13 @@ class DataArguments:
             "always checked. `hfseg doctor` checks everything."
         },
     )
+    allow_high_ignore: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a split whose pixels are mostly ignore_index (over 60%, or over 25% while a named class "
+            "has no pixels), which otherwise stops the data check as a class value read as ignore."
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={"help": "Stream a Hub data set instead of downloading it (IterableDataset; needs --max_steps)."},

@@ -9,6 +9,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from hfseg.data.determinism import seed_samples
 from hfseg.data.doctor import check_source
 from hfseg.data.preprocess import attach_transform, encode_pair
 from hfseg.data.transforms import TrainTransform
-from hfseg.errors import strip_debug, user_errors_exit
+from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
     save_final_model(trainer)  # temp dir + atomic renames
     metrics = trainer.evaluate()
+    if math.isnan(metrics.get("eval_mean_iou", 0.0)):  # a NaN must never reach eval_results.json or the card
+        raise HfsegError(
+            f"the final evaluation scored no labelled pixel (validation mean IoU is NaN): every validation mask "
+            f"pixel is ignore_index={data_args.ignore_index}; the model is saved in {training_args.output_dir} "
+            "but no results or card were written. Fix the validation labels (`hfseg doctor` with the same data "
+            "flags), or raise --check_samples so the data check sees them"
+        )
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})
     trainer.save_metrics("eval", metrics)
 

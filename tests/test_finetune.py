@@ -107,3 +107,32 @@ def test_hub_recipe_fails_fast_offline(tmp_path):
     assert "cannot reach the Hugging Face Hub" in result.stderr
     assert "--model_name_or_path" in result.stderr and "--dataset_name" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_all_ignore_validation_never_reaches_results_or_card(tmp_path):
+    """With the data check off (--check_samples 0), the final evaluation's NaN mIoU stops the run instead."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for folder in ("images", "masks", "splits"):
+        (data / folder).mkdir(parents=True)
+    labelled = np.zeros((24, 32), dtype=np.uint8)
+    labelled[:, 16:] = 1
+    for split, mask in (("train", labelled), ("val", np.full((24, 32), 255, dtype=np.uint8))):
+        names = [f"{split}{index}" for index in range(2)]
+        for name in names:
+            Image.fromarray(np.full((24, 32, 3), 128, dtype=np.uint8)).save(data / "images" / f"{name}.png")
+            Image.fromarray(mask).save(data / "masks" / f"{name}.png")
+        (data / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (data / "id2label.json").write_text(json.dumps({"0": "a", "1": "b"}))
+    output_dir = tmp_path / "out"
+    flags = tiny_run_args(output_dir, "--data_dir", str(data), "--layout", "folder", "--check_samples", "0",
+                          "--max_steps", "1", "--num_preview_images", "0")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "hfseg" / "finetune.py"), *flags],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "validation mean IoU is NaN" in result.stderr and "Traceback" not in result.stderr
+    assert not (output_dir / "README.md").exists() and not (output_dir / "eval_results.json").exists()

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Image
+from datasets import Dataset
 from PIL import ExifTags, ImageOps, UnidentifiedImageError
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from hfseg.data.adapters import Problem, SourceData, build_label_spec, open_source
+from hfseg.data.adapters.base import undecoded
 from hfseg.data.labels import LabelSpec, MaskError, check_same_size, decode_mask, load_rgb
 from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 
@@ -31,6 +32,14 @@ logger = logging.getLogger(__name__)
 
 READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError)
 FIX_CORRUPT = "re-export or re-download the file, or remove the pair (--skip_bad_samples skips it)"
+
+#: Ignore share of a split above which a named class with no pixels means a class value is read as ignore.
+#: Real data sets stay below it: VOC borders ~5-10%, ADE20K "other" ~10%, Cityscapes ~10-15%.
+IGNORE_SHARE_WITH_EMPTY_CLASS = 0.25
+#: Ignore share of a split that cannot be right even when every class has pixels.
+IGNORE_SHARE_MAX = 0.6
+#: Problems of a whole split's labels: no pair is to blame, so --skip_bad_samples cannot drop them.
+SPLIT_LABEL_PROBLEMS = ("no_labelled_pixels", "ignore_share")
 
 
 @dataclass
@@ -44,6 +53,9 @@ class ScanReport:
     class_pixels: np.ndarray | None = None
     ignored_pixels: int = 0
     raw_values: set[int] = field(default_factory=set)
+    split_class_pixels: dict[str, np.ndarray] = field(default_factory=dict)
+    split_ignored_raw: dict[str, dict[int, int]] = field(default_factory=dict)
+    split_raw_values: dict[str, set[int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     bad_rows: dict[str, set[int]] = field(default_factory=dict)
 
@@ -109,18 +121,15 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
     return size, labels, raw, problems
 
 
-def undecoded(dataset: Dataset, columns: tuple[str, str]) -> Dataset:
-    """The dataset with its Image columns left undecoded, so a broken file is reported by path."""
-    for column in columns:
-        if isinstance(dataset.features.get(column), Image):
-            dataset = dataset.cast_column(column, Image(decode=False))
-    return dataset
-
-
 def scan_source(
-    source: SourceData, spec: LabelSpec | None, max_samples: int = -1, progress: bool = True
+    source: SourceData,
+    spec: LabelSpec | None,
+    max_samples: int = -1,
+    progress: bool = True,
+    allow_high_ignore: bool = False,
 ) -> ScanReport:
-    """Check every pair (or the first `max_samples` per split; -1 = all, 0 = pairing only)."""
+    """Check every pair (or the first `max_samples` per split; -1 = all, 0 = pairing only), then each
+    split's labels as a whole (`ignore_problems`; `allow_high_ignore` keeps only the no-labelled-pixel one)."""
     report = ScanReport(problems=list(source.problems))
     if spec is not None:
         report.class_pixels = np.zeros(spec.num_labels, dtype=np.int64)
@@ -149,11 +158,23 @@ def scan_source(
                 continue
             if labels is not None:
                 keep = labels != spec.ignore_index
-                report.class_pixels += np.bincount(labels[keep].ravel(), minlength=spec.num_labels)
+                pixels = np.bincount(labels[keep].ravel(), minlength=spec.num_labels)
+                report.class_pixels += pixels
                 report.ignored_pixels += int((~keep).sum())
+                split_pixels = report.split_class_pixels.setdefault(split, np.zeros_like(pixels))
+                split_pixels += pixels
+                ignored_raw = report.split_ignored_raw.setdefault(split, {})
+                for value, count in zip(*np.unique(raw[~keep], return_counts=True), strict=True):
+                    ignored_raw[int(value)] = ignored_raw.get(int(value), 0) + int(count)
+                report.split_raw_values.setdefault(split, set()).update(int(v) for v in np.unique(raw))
             elif raw is not None:
                 report.raw_values.update(int(v) for v in np.unique(raw))
     bar.close()
+    if spec is not None:
+        for split, pixels in report.split_class_pixels.items():
+            report.problems += ignore_problems(
+                split, pixels, report.split_ignored_raw[split], report.split_raw_values[split], spec, allow_high_ignore
+            )
     if spec is None:
         values = sorted(report.raw_values)
         report.problems.append(
@@ -165,6 +186,75 @@ def scan_source(
             )
         )
     return report
+
+
+def ignore_problems(
+    split: str,
+    class_pixels: np.ndarray,
+    ignored_raw: dict[int, int],
+    raw_values: set[int],
+    spec: LabelSpec,
+    allow_high_ignore: bool = False,
+) -> list[Problem]:
+    """What a split's pixel counts say about its labels as a whole.
+
+    A split without a labelled pixel is a problem (it trains on nothing and scores NaN). So is a split whose
+    ignore share is above `IGNORE_SHARE_WITH_EMPTY_CLASS` (25%) while a named class has no pixels, or above
+    `IGNORE_SHARE_MAX` (60%) at all: a class value is then most likely read as the ignore index (EM masks with
+    255 = cell, say). The fix is a `--label_map` computed from the values found; `allow_high_ignore` accepts
+    a high share (the no-labelled-pixel problem stays).
+
+    Args:
+        class_pixels: (num_labels,) labelled pixels per class in the split.
+        ignored_raw: raw mask value -> pixels of that value that ended as the ignore index.
+        raw_values: every raw mask value seen in the split.
+    """
+    labelled, ignored = int(class_pixels.sum()), sum(ignored_raw.values())
+    if labelled + ignored == 0:
+        return []
+    share = ignored / (labelled + ignored)
+    empty = [index for index in spec.id2label if class_pixels[index] == 0]
+    ignored_values = sorted(ignored_raw, key=lambda value: (-ignored_raw[value], value))
+    found_values = f"raw value(s) {ignored_values[:8]}"
+    if labelled == 0:
+        found = f"no labelled pixel: every checked mask pixel is ignore_index={spec.ignore_index} ({found_values})"
+        if raw_values <= {spec.ignore_index}:  # nothing to remap: the masks themselves hold no labels
+            fix = "re-export these masks with their labels, or train and evaluate on splits that have them"
+        else:
+            fix = suggest_label_map(spec, raw_values, empty)
+        return [Problem("no_labelled_pixels", f"{split} split", found, fix)]
+    if allow_high_ignore or not (share > IGNORE_SHARE_MAX or (empty and share > IGNORE_SHARE_WITH_EMPTY_CLASS)):
+        return []
+    names = ", ".join(f"'{spec.id2label[index]}' ({index})" for index in empty[:5])
+    found = (
+        f"{100 * share:.1f}% of the pixels are ignore_index={spec.ignore_index} ({found_values})"
+        + (f" while class(es) {names} have no pixels" if empty else "")
+        + f" (limits: {100 * IGNORE_SHARE_WITH_EMPTY_CLASS:.0f}% with a class without pixels, "
+        f"{100 * IGNORE_SHARE_MAX:.0f}% in any case)"
+    )
+    fix = suggest_label_map(spec, raw_values, empty) + " (or pass --allow_high_ignore if they really are ignore)"
+    return [Problem("ignore_share", f"{split} split", found, fix)]
+
+
+def suggest_label_map(spec: LabelSpec, raw_values: set[int], empty: list[int]) -> str:
+    """The `--label_map` that gives the raw values now read as ignore to the classes without pixels, both in
+    increasing order; every other raw value seen keeps its current label. Under reduce-labels, when the raw
+    values already fit id2label, the fix is to turn reduce-labels off instead."""
+    if spec.reduce_labels and 0 in raw_values and max(raw_values - {spec.ignore_index}, default=0) < spec.num_labels:
+        return (
+            "mask value 0 looks like a class, not 'other' (the values fit id2label as they are): --reduce_labels false"
+        )
+    table = spec.lookup_table(max(max(raw_values, default=0), 255))
+    ignored = [value for value in sorted(raw_values) if table[value] == spec.ignore_index]
+    if not ignored or not empty:
+        return (
+            "if those values are classes, add them to id2label and map them with --label_map {raw: final id}; "
+            "if the masks really have no labels, fix or remove them"
+        )
+    mapping = {value: int(table[value]) for value in sorted(raw_values)}
+    mapping.update(zip(ignored, empty, strict=False))
+    shown = ", ".join(f'"{value}": {final}' for value, final in sorted(mapping.items()))
+    return f"mask values {ignored[: len(empty)]} look like classes, not ignore: set --label_map '{{{shown}}}'"
 
 
 def format_report(report: ScanReport, spec: LabelSpec | None, title: str) -> str:
@@ -222,12 +312,19 @@ def check_source(source: SourceData, spec: LabelSpec, data_args) -> None:
     if getattr(data_args, "streaming", False):
         logger.info("data check skipped: the source is streamed (run `hfseg doctor` on a local copy to check it)")
         return
-    report = scan_source(source, spec, data_args.check_samples)
+    report = scan_source(source, spec, data_args.check_samples, allow_high_ignore=data_args.allow_high_ignore)
     if not report.problems:
         logger.info("data check: %s pairs checked, no problems", sum(report.scanned.values()))
         return
     listing = "\n".join(f"  - {problem}" for problem in report.problems[:20])
     more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
+    split_problems = [problem for problem in report.problems if problem.kind in SPLIT_LABEL_PROBLEMS]
+    if split_problems:  # no pair to skip: the labels of a whole split are wrong
+        raise HfsegError(
+            "the data check found label problems before training:\n"
+            + "\n".join(f"  - {problem}" for problem in split_problems)
+            + "\n(`hfseg doctor` with the same data flags prints pixels per class)"
+        )
     if not data_args.skip_bad_samples:
         raise HfsegError(
             f"the data check found {len(report.problems)} problem(s) before training:\n{listing}{more}\n"
@@ -268,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         require_writable_dir(Path(own.plot).parent, "--plot")
     source = open_source(data_args)
     spec = build_label_spec(source, data_args) if source.id2label is not None else None
-    report = scan_source(source, spec, own.max_samples, progress=not own.no_progress)
+    report = scan_source(
+        source, spec, own.max_samples, progress=not own.no_progress, allow_high_ignore=data_args.allow_high_ignore
+    )
     title = data_args.dataset_name or f"{data_args.data_dir} (--layout {data_args.layout})"
     print(format_report(report, spec, title))
     if own.plot and spec is not None:

@@ -65,8 +65,17 @@ class LabelSpec:
 
     def __post_init__(self):
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if sorted(self.id2label) != list(range(len(self.id2label))):
-            raise HfsegError(f"id2label ids must be 0..N-1 without gaps, got {sorted(self.id2label)[:10]}...")
+        ids = sorted(self.id2label)
+        if ids != list(range(len(ids))):
+            if min(ids) < 0 or len(ids) > 64:
+                raise HfsegError(f"id2label ids must be 0..N-1 without gaps, got {ids[:10]}...")
+            numbered = json.dumps({str(final): self.id2label[raw] for final, raw in enumerate(ids)})
+            mapping = ", ".join(f'"{raw}": {final}' for final, raw in enumerate(ids))
+            raise HfsegError(
+                f"id2label ids must be 0..N-1 without gaps, got {ids}: these look like mask values; number the "
+                f"classes 0..{len(ids) - 1} in id2label ({numbered}) and map the mask values with "
+                f"--label_map '{{{mapping}}}'"
+            )
         if self.reduce_labels and self.label_map:
             raise HfsegError("use either reduce_labels or label_map, not both (reduce_labels is itself a label map)")
         if self.label_map:

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 from hfseg.config import DataArguments, SegTrainingArguments
 from hfseg.data.adapters import label_spec_for_model, open_source, with_saved_ignore_index
-from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, split_train_validation
+from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, row_files, split_train_validation
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.labels import LabelSpec
 from hfseg.data.preprocess import attach_transform, encode_pair
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
         inference_options=options,
     )
     metrics = trainer.evaluate()
+    if math.isnan(metrics["eval_mean_iou"]):
+        raise HfsegError(
+            f"no labelled pixel in the {len(rows)} evaluated images (every mask pixel is "
+            f"ignore_index={data_args.ignore_index}), so there is no score; evaluate a split with labels "
+            "(`hfseg doctor` with the same data flags shows pixels per class)"
+        )
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -165,8 +171,9 @@ def evaluation_split(source, data_args, split: str | None, seed: int):
 
 
 def save_worst_images(model, rows, source, spec, transform, options, per_sample_iou, count, path) -> list[dict]:
-    """Gallery of the `count` images with the lowest mIoU (image | truth | prediction); returns their
-    indices and scores. Images without labelled pixels (NaN mIoU) are left out."""
+    """Gallery of the `count` images with the lowest mIoU (image | truth | prediction); returns their row
+    indices, image and mask files (None where the rows hold no path) and scores. Images without labelled
+    pixels (NaN mIoU) are left out."""
     if len(per_sample_iou) != len(rows):
         raise RuntimeError(f"{len(per_sample_iou)} per-image scores for {len(rows)} images")
     scored = sorted((iou, index) for index, iou in enumerate(per_sample_iou) if not math.isnan(iou))
@@ -177,15 +184,26 @@ def save_worst_images(model, rows, source, spec, transform, options, per_sample_
         encode_pair(rows[index][source.image_column], rows[index][source.label_column], spec, f"row {index}")
         for index, _ in worst
     ]
+    files = row_files(rows, [index for index, _ in worst], (source.image_column, source.label_column))
+    names = [
+        Path(image).name if image else f"row {index}" for (index, _), (image, _) in zip(worst, files, strict=True)
+    ]
     predictions = predict_masks(model, [image for image, _ in pairs], transform, batch_size=1, options=options)
     save_prediction_grid(
         [(image, truth, prediction.numpy()) for (image, truth), prediction in zip(pairs, predictions, strict=True)],
         spec.id2label,
         path,
         title=f"{len(worst)} lowest per-image mIoU",
-        row_titles=[f"#{index}  mIoU {iou:.3f}" for index, iou in worst],
+        row_titles=[f"{name}  mIoU {iou:.3f}" for name, (_, iou) in zip(names, worst, strict=True)],
     )
-    return [{"index": index, "mean_iou": iou} for index, iou in worst]
+    scores = [iou for _, iou in worst]
+    print(
+        "lowest per-image mIoU:\n" + "\n".join(f"  {iou:.4f}  {name}" for name, iou in zip(names, scores, strict=True))
+    )
+    return [
+        {"index": index, "image": image, "mask": mask, "mean_iou": iou}
+        for (index, iou), (image, mask) in zip(worst, files, strict=True)
+    ]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def confusion_matrix(
         (num_labels, num_labels) int64 tensor on `labels.device`.
 
     Raises:
-        ValueError: a label that is neither a class id nor an ignore value (a label-handling bug upstream).
+        ValueError: a label that is neither a class id nor an ignore value (a label-handling bug upstream), or
+            a prediction outside 0..num_labels-1 at a labelled pixel (`evaluate` and mmseg would drop such a
+            pixel's prediction from the predicted areas; clamping it into a class would count a wrong pixel).
     """
     if preds.shape != labels.shape:
         raise ValueError(f"predictions {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
@@ -41,7 +43,12 @@ def confusion_matrix(
             f"labels contain values {bad} outside 0..{num_labels - 1} that are not ignore_index={ignore_index}; "
             "check reduce_labels / label_map for this data set"
         )
-    preds = preds.clamp(0, num_labels - 1)
+    if preds.numel() and (preds.min() < 0 or preds.max() >= num_labels):
+        bad = preds[(preds < 0) | (preds >= num_labels)].unique()[:5].tolist()
+        raise ValueError(
+            f"predictions contain class ids {bad} outside 0..{num_labels - 1} at labelled pixels; "
+            f"the model predicts more classes than num_labels={num_labels}, or the predictions are not class ids"
+        )
     return torch.bincount(labels * num_labels + preds, minlength=num_labels**2).reshape(num_labels, num_labels)
 
 
@@ -62,6 +69,12 @@ def metrics_from_confusion(confusion: np.ndarray | torch.Tensor, beta: float = 1
     A ratio whose denominator is 0 is NaN and left out of the means (`mean_*` use `nanmean`): a class absent
     from both labels and predictions never counts; a class in the labels but never predicted scores 0 IoU.
     `overall_accuracy` (mmseg's aAcc) is correct pixels / labelled pixels.
+
+    Dice and F-score are 0 wherever TP = 0 and the class is in the labels or the predictions (only in the
+    labels, only in the predictions, or in both without overlap), and count as 0 in `mean_dice`/`mean_fscore`;
+    NaN only for a class absent from both. mmseg computes F from precision and recall and gets NaN (0/0) in
+    those three cases, which its nanmean then leaves out, so its mFscore can be higher than ours.
+    Precision is NaN for a class never predicted, recall (= accuracy) NaN for a class not in the labels.
     """
     cm = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion, dtype=np.float64)
     intersect = np.diag(cm)
@@ -130,13 +143,24 @@ class StreamingSegmentationMetric:
         """Add one batch.
 
         Args:
-            pred_or_logits: logits (B, C, h, w), upsampled bilinearly to the labels' size and argmax'ed,
-                or a class map with the labels' shape.
+            pred_or_logits: floating-point logits (B, C, h, w) for (B, H, W) labels, or (C, h, w) for (H, W),
+                upsampled bilinearly to the labels' size and argmax'ed; or an integer class map with the labels'
+                exact shape.
             labels: (B, H, W) or (H, W) class ids; `ignore_index` and -100 are not counted.
+
+        Raises:
+            ValueError: an integer class map whose shape differs from the labels' (e.g. (1, H, W) for (H, W)
+                labels, which would otherwise be read as 1-channel logits), or see `confusion_matrix`.
         """
         pred_or_logits = torch.as_tensor(pred_or_logits)
         labels = torch.as_tensor(labels)
-        if pred_or_logits.ndim == labels.ndim + 1 and labels.ndim >= 2:
+        if not pred_or_logits.is_floating_point() and pred_or_logits.shape != labels.shape:
+            raise ValueError(
+                f"integer predictions {tuple(pred_or_logits.shape)} and labels {tuple(labels.shape)} differ in "
+                "shape; a class map must have the labels' shape (squeeze or add the batch dimension), logits must "
+                "be floating point"
+            )
+        if pred_or_logits.is_floating_point() and pred_or_logits.ndim == labels.ndim + 1 and labels.ndim >= 2:
             logits = pred_or_logits if labels.ndim == 3 else pred_or_logits[None]
             preds = upsample_logits(logits, tuple(labels.shape[-2:])).argmax(dim=1)
             preds = preds if labels.ndim == 3 else preds[0]

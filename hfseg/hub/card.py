@@ -153,8 +153,16 @@ def build_model_card(
         predictions_image: relative path of the prediction-overlay picture shown in the card.
         model_ref: what `pipeline(model=...)` loads in the usage snippet (a Hub id or a local path).
         license: license id of the card metadata (default: `card_license`, else apache-2.0).
+
+    Raises:
+        HfsegError: `mean_iou` is NaN (nothing labelled was scored), which is no result to publish.
     """
     metrics = {key.removeprefix("eval_"): value for key, value in metrics.items()}
+    if "mean_iou" in metrics and math.isnan(float(metrics["mean_iou"])):
+        raise HfsegError(
+            "the metrics have mean_iou NaN (the evaluation scored no labelled pixel), which a model card cannot "
+            "report as a result; evaluate on labelled data (`hfseg evaluate`) before writing or pushing the card"
+        )
     config = config or {}
     if base_model is None and not config.get("model_type"):
         base_model = config.get("model_name_or_path")

@@ -213,3 +213,118 @@ def test_negative_mask_values_are_a_problem_not_wrapped_around(tmp_path):
     _, labels, _, problems = inspect_pair(str(tmp_path / "image.png"), str(tmp_path / "mask.tif"), spec, "row 0")
     assert labels is None and [problem.kind for problem in problems] == ["label_values"]
     assert "negative mask values -1" in problems[0].found
+
+
+def two_value_folder(root, train_masks, validation_masks, id2label):
+    """A folder data set with `splits/` files: one 32x24 pair per given mask."""
+    for folder in ("images", "masks", "splits"):
+        (root / folder).mkdir()
+    for split, masks in (("train", train_masks), ("val", validation_masks)):
+        names = [f"{split}{index}" for index in range(len(masks))]
+        for name, mask in zip(names, masks, strict=True):
+            save_pair(root, name, mask.astype(np.uint8))
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (root / "id2label.json").write_text(json.dumps(id2label))
+    return root
+
+
+def em_masks(count, cell_share=0.75):
+    """EM-style masks: 0 = membrane, 255 = cell (a class, not ignore)."""
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    mask[:, : int(32 * cell_share)] = 255
+    return [mask] * count
+
+
+def doctor_exit(root, *flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data_dir", str(root), "--layout", "folder", "--no_progress", *flags])
+    return exit_info.value.code, capsys.readouterr().out
+
+
+def test_class_value_read_as_ignore_is_a_problem_with_the_label_map_fix(tmp_path, capsys):
+    root = two_value_folder(tmp_path, em_masks(3), em_masks(2), {"0": "membrane", "1": "cell"})
+    code, out = doctor_exit(root, capsys=capsys)
+    assert code == 1
+    problems = [line for line in out.splitlines() if line.startswith("  [ignore_share]")]
+    assert [line.split()[1] for line in problems] == ["train", "val"]
+    assert "75.0% of the pixels are ignore_index=255 (raw value(s) [255])" in problems[0]
+    assert "'cell' (1) have no pixels" in problems[0]
+    assert """set --label_map '{"0": 0, "255": 1}'""" in problems[0] and "--allow_high_ignore" in problems[0]
+    code, out = doctor_exit(root, "--label_map", '{"0": 0, "255": 1}', capsys=capsys)
+    assert code == 0 and "problems: none" in out
+    code, out = doctor_exit(root, "--allow_high_ignore", "true", capsys=capsys)
+    assert code == 0 and "problems: none" in out
+
+
+def test_shared_em_set_gets_the_label_map_fix(shared_data, tmp_path, capsys):
+    names = tmp_path / "id2label.json"
+    names.write_text(json.dumps({"0": "membrane", "1": "cell"}))
+    em = ["--data_dir", str(shared_data / "isbi_em"), "--image_dir", "train/image", "--mask_dir", "train/label"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*em, "--layout", "folder", "--id2label_file", str(names), "--no_progress", "--max_samples", "1"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "[ignore_share] train split:" in out and """--label_map '{"0": 0, "255": 1}'""" in out
+
+
+@pytest.mark.parametrize(
+    ("ignored_rows", "absent_class", "problem"),
+    [
+        (2, True, False),  # 8% ignore borders (VOC) with a class missing from the split: fine
+        (7, False, False),  # 29% ignore, every class present: fine
+        (7, True, True),  # 29% ignore and a named class without pixels: a class read as ignore
+        (15, False, True),  # 62% ignore: too much in any case
+    ],
+)
+def test_ignore_share_thresholds(tmp_path, capsys, ignored_rows, absent_class, problem):
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    mask[:, 16:] = 1
+    mask[:, 24:] = 0 if absent_class else 2
+    mask[:ignored_rows] = 255
+    root = two_value_folder(tmp_path, [mask] * 2, [mask], {"0": "background", "1": "road", "2": "sky"})
+    code, out = doctor_exit(root, capsys=capsys)
+    assert (code, "[ignore_share]" in out) == ((1, True) if problem else (0, False)), out
+    code, _ = doctor_exit(root, "--allow_high_ignore", "true", capsys=capsys)
+    assert code == 0
+
+
+def test_all_ignore_split_is_a_problem_even_when_high_ignore_is_allowed(tmp_path, capsys):
+    labelled = np.zeros((24, 32), dtype=np.uint8)
+    labelled[:, 16:] = 1
+    root = two_value_folder(tmp_path, [labelled] * 2, [np.full((24, 32), 255)], {"0": "a", "1": "b"})
+    code, out = doctor_exit(root, "--allow_high_ignore", "true", capsys=capsys)
+    assert code == 1
+    problem = next(line for line in out.splitlines() if line.startswith("  [no_labelled_pixels]"))
+    assert "val split: no labelled pixel: every checked mask pixel is ignore_index=255" in problem
+    assert "re-export these masks" in problem and "--label_map" not in problem
+
+
+def test_training_check_stops_on_a_class_read_as_ignore_even_with_skip_bad_samples(tmp_path):
+    root = two_value_folder(tmp_path, em_masks(3), em_masks(2), {"0": "membrane", "1": "cell"})
+    data_args = DataArguments(data_dir=str(root), layout="folder", skip_bad_samples=True)
+    source = load_source(data_args)
+    with pytest.raises(HfsegError, match=r"""train split: .*--label_map '\{"0": 0, "255": 1\}'"""):
+        check_source(source, build_label_spec(source, data_args), data_args)
+    allowed = DataArguments(data_dir=str(root), layout="folder", allow_high_ignore=True)
+    check_source(source, build_label_spec(source, allowed), allowed)  # the user says 255 really is ignore
+
+
+def test_all_ignore_validation_split_stops_training(tmp_path):
+    labelled = np.zeros((24, 32), dtype=np.uint8)
+    labelled[:, 16:] = 1
+    root = two_value_folder(tmp_path, [labelled] * 2, [np.full((24, 32), 255)], {"0": "a", "1": "b"})
+    data_args = DataArguments(data_dir=str(root), layout="folder", allow_high_ignore=True)
+    source = load_source(data_args)
+    with pytest.raises(HfsegError, match="validation split: no labelled pixel"):
+        check_source(source, build_label_spec(source, data_args), data_args)
+
+
+def test_reduce_labels_on_zero_based_masks_suggests_turning_it_off(tmp_path, capsys):
+    mask = np.zeros((24, 32), dtype=np.uint8)  # 0 = background, a class, over half the pixels
+    mask[:, 20:] = 1
+    root = two_value_folder(tmp_path, [mask] * 2, [mask], {"0": "background", "1": "road"})
+    code, out = doctor_exit(root, "--reduce_labels", "true", capsys=capsys)
+    assert code == 1
+    problem = next(line for line in out.splitlines() if line.startswith("  [ignore_share] train split"))
+    assert "62.5% of the pixels are ignore_index=255 (raw value(s) [0])" in problem
+    assert "--reduce_labels false" in problem

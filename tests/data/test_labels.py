@@ -146,3 +146,11 @@ def test_a_malformed_saved_label_handling_names_the_file_and_the_entry():
     config = SegformerConfig(hfseg_label_spec={"reduce_labels": False})
     with pytest.raises(HfsegError, match=r"run/config.json: 'hfseg_label_spec' is malformed \(KeyError"):
         LabelSpec.from_config(config, "run/config.json")
+
+
+def test_id2label_keyed_by_mask_values_gets_the_label_map_fix():
+    with pytest.raises(HfsegError) as error:
+        LabelSpec({0: "membrane", 255: "cell"})
+    message = str(error.value)
+    assert "got [0, 255]" in message
+    assert """({"0": "membrane", "1": "cell"})""" in message and """--label_map '{"0": 0, "255": 1}'""" in message

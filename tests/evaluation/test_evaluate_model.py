@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,10 +56,13 @@ def test_evaluate_scores_at_original_resolution_and_writes_outputs(saved_tiny_mo
     assert results["num_images"] == 5 and results["inference"]["mode"] == "whole"
     worst = results["worst_images"]
     assert len(worst) == 2 and worst[0]["mean_iou"] <= worst[1]["mean_iou"]
+    # Rows saved as image bytes have no file name: the row index names them.
+    assert worst[0]["image"] is None and worst[0]["mask"] is None
     for name in ("confusion_matrix.png", "worst_images.png"):
         assert Image.open(tmp_path / name).size[0] > 100
     printed = capsys.readouterr().out
     assert "| striped_ellipse" in printed and "| aAcc" in printed
+    assert f"{worst[0]['mean_iou']:.4f}  row {worst[0]['index']}" in printed
     assert f"{100 * results['eval_mean_iou']:.2f}" in printed
 
 
@@ -147,7 +151,7 @@ def test_evaluate_refuses_data_whose_class_names_are_not_the_models(saved_tiny_m
     run_evaluate(saved_tiny_model, saved_data, tmp_path, "--id2label_file", str(tmp_path / "names.json"))
 
 
-def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
+def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path, capsys):
     """The two real ADE20K validation pairs (683x512, 500x364) in their own layout; 0 = other is reduced away."""
     from hfseg.data.adapters.ade20k_classes import ADE20K_CLASSES
 
@@ -175,6 +179,11 @@ def test_evaluate_on_shared_ade20k_samples(shared_data, tmp_path):
     assert np.array(results["confusion_matrix"]).sum() == labelled
     assert results["num_images"] == 2 and len(results["eval_per_category_iou"]) == 150
     assert results["id2label"]["0"] == "wall"
+    # --worst names the files of a local source, in eval_results.json and on stdout.
+    (worst,) = results["worst_images"]
+    image, mask = Path(worst["image"]), Path(worst["mask"])
+    assert mask in masks and image.parent.name == "validation" and image.stem == mask.stem
+    assert f"{worst['mean_iou']:.4f}  {image.name}" in capsys.readouterr().out
 
 
 def _free_port() -> int:
@@ -263,3 +272,19 @@ def test_a_run_with_a_label_map_is_evaluated_and_predicted_with_it_without_the_f
                   "--label_values", "original", "--no_overlays"])  # fmt: skip
     raw = np.asarray(Image.open(tmp_path / "raw" / "0.png"))
     assert raw.shape == (512, 512) and set(np.unique(raw).tolist()) <= {0, 255}
+
+
+def test_evaluate_on_masks_without_labels_is_an_error_not_nan(saved_tiny_model, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    image = Image.fromarray(np.full((24, 32, 3), 128, dtype=np.uint8))
+    unlabelled = Image.fromarray(np.full((24, 32), 255, dtype=np.uint8))
+    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
+    rows = Dataset.from_dict({"image": [image] * 2, "annotation": [unlabelled] * 2}, features=features)
+    DatasetDict({"validation": rows}).save_to_disk(str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(saved_tiny_model, tmp_path / "data", tmp_path / "out")
+    assert exit_info.value.code == 2
+    assert "no labelled pixel in the 2 evaluated images" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "eval_results.json").exists()

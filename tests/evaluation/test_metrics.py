@@ -207,3 +207,43 @@ def test_trainer_metrics_keep_per_sample_iou_and_last_confusion():
     metrics(EvalPrediction(example[None]), compute_result=True)
     assert metrics.per_sample_iou == pytest.approx([1.0, (0.25 + 0.5 + 0.5) / 3])
     assert torch.equal(metrics.last_confusion, perfect + example)
+
+
+def test_prediction_outside_the_classes_at_a_labelled_pixel_is_an_error_not_clamped():
+    with pytest.raises(ValueError, match=r"predictions contain class ids \[5\] outside 0..1 at labelled pixels"):
+        confusion_matrix(torch.tensor([0, 5, 1]), torch.tensor([0, 1, 1]), num_labels=2)
+    # At an ignored pixel the prediction is not scored, whatever it is.
+    cm = confusion_matrix(torch.tensor([0, 5, 1]), torch.tensor([0, 255, 1]), num_labels=2)
+    assert cm.tolist() == [[1, 0], [0, 1]]
+
+
+def test_integer_class_map_with_an_extra_dimension_is_an_error_not_one_channel_logits():
+    labels = torch.tensor([[0, 1, 1], [1, 1, 0]])
+    metric = StreamingSegmentationMetric(num_labels=2)
+    with pytest.raises(ValueError, match=r"integer predictions \(1, 2, 3\) and labels \(2, 3\) differ in shape"):
+        metric.update(labels[None], labels)
+    metric.update(labels, labels)  # the same map with the labels' shape scores 1
+    logits = torch.nn.functional.one_hot(labels, 2).permute(2, 0, 1).float()  # (C, H, W) logits still work
+    metric.update(logits, labels)
+    assert metric.compute()["mean_iou"] == 1.0
+
+
+def test_fscore_is_zero_wherever_tp_is_zero_unlike_mmseg_nan():
+    from hfseg.evaluation.metrics import metrics_from_confusion
+
+    cm = np.zeros((5, 5), dtype=np.int64)
+    cm[0, 1] = 1  # class 0 only in the labels, class 1 only in the predictions
+    cm[2, 4] = cm[4, 2] = 1  # class 2 in both, never overlapping
+    cm[4, 4] = 2  # class 4: TP 2, 3 labelled, 3 predicted; class 3 absent from both
+    result = metrics_from_confusion(cm)
+    fscore = result["per_category_fscore"]
+    assert fscore[[0, 1, 2]].tolist() == [0.0, 0.0, 0.0] and math.isnan(fscore[3])
+    assert fscore[4] == pytest.approx(2 / 3)
+    assert result["mean_fscore"] == pytest.approx((2 / 3) / 4)
+    assert result["per_category_dice"][[0, 1, 2]].tolist() == [0.0, 0.0, 0.0]
+    # mmseg's IoUMetric: F from precision and recall, NaN (0/0) in those three cases, then nanmean.
+    tp, label_area, pred_area = np.diag(cm), cm.sum(1), cm.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision, recall = tp / pred_area, tp / label_area
+        mmseg_fscore = 2 * precision * recall / (precision + recall)
+    assert np.isnan(mmseg_fscore[:4]).all() and np.nanmean(mmseg_fscore) == pytest.approx(2 / 3)

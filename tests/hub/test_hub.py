@@ -14,7 +14,8 @@ from hub_stub import STUB_USER, HubStub, http_error, read_calls, token_digest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hfseg.hub.card import build_model_card, card_from_run, hub_dataset_id
+from hfseg.errors import HfsegError
+from hfseg.hub.card import build_model_card, card_from_run, hub_dataset_id, write_model_card
 from hfseg.hub.push import files_to_push, main, push_run
 
 FLAG_TOKEN = "hf_PLANTEDflagTOKEN0123456789abcdefXYZ"
@@ -75,11 +76,18 @@ def test_card_metadata_names_only_hub_datasets_and_skips_nan_metrics(tmp_path):
     assert hub_dataset_id("scene_parse_150") == "scene_parse_150"
     assert hub_dataset_id("synthetic") is None and hub_dataset_id(str(tmp_path)) is None
     assert hub_dataset_id("not a repo id!") is None
-    card = build_model_card({"mean_iou": float("nan"), "overall_accuracy": 0.5}, ID2LABEL, "m",
-                            config={"dataset_name": "synthetic", "model_type": "segformer"})  # fmt: skip
+    card = build_model_card({"mean_iou": 0.25, "mean_accuracy": float("nan"), "overall_accuracy": 0.5}, ID2LABEL,
+                            "m", config={"dataset_name": "synthetic", "model_type": "segformer"})  # fmt: skip
     assert card.data.datasets is None and card.data.base_model is None and card.data.license == "apache-2.0"
-    assert metric_values(card.data.eval_results) == {"overall_accuracy": 0.5}
+    assert metric_values(card.data.eval_results) == {"mean_iou": 0.25, "overall_accuracy": 0.5}
     assert "Compared with the recipe's reference" not in card.text
+
+
+def test_nan_mean_iou_never_reaches_a_card(tmp_path):
+    nan_run = {"eval_mean_iou": float("nan"), "eval_overall_accuracy": float("nan"), "eval_per_category_iou": []}
+    with pytest.raises(HfsegError, match="mean_iou NaN"):
+        write_model_card(tmp_path, metrics=nan_run, id2label=ID2LABEL, model_name="m")
+    assert not (tmp_path / "README.md").exists()
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,27 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
     return DatasetDict(splits)
 
 
+def undecoded(dataset: Dataset, columns: tuple[str, str]) -> Dataset:
+    """The dataset with its Image columns left undecoded, so a file is known (and reported) by its path."""
+    for column in columns:
+        if isinstance(dataset.features.get(column), Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+    return dataset
+
+
+def row_files(dataset: Dataset, indices: list[int], columns: tuple[str, str]) -> list[tuple[str | None, ...]]:
+    """(image file, mask file) of each row in `indices`, None where a row holds no path (in-memory or Hub
+    images stored as bytes without a name)."""
+    rows = undecoded(dataset, columns)
+
+    def file_of(value) -> str | None:
+        if isinstance(value, str):
+            return value
+        return (value.get("path") if isinstance(value, dict) else getattr(value, "filename", None)) or None
+
+    return [tuple(file_of(rows[index][column]) for column in columns) for index in indices]
+
+
 def pairs_to_dataset(pairs: dict[str, list[tuple[str, str]]]) -> DatasetDict:
     """`{split: [(image path, mask path), ...]}` -> DatasetDict of lazily decoded `image`/`annotation` columns.
 
