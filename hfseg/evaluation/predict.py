@@ -78,20 +78,30 @@ def parse_predict_args(argv: list[str] | None = None):
 
 
 def list_inputs(input_path: Path, output_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under `input_path`, sorted; hidden files and `output_dir` are left out."""
+    """(image files, other files) under `input_path`, sorted; hidden files are left out, and so is `output_dir` when
+    it is a folder inside `input_path` (earlier predictions; their count is logged). An `output_dir` that is
+    `input_path` itself, or holds it, hides nothing: `check_inputs_kept` refuses to write over an input."""
     if not input_path.exists():
         raise HfsegError(f"--input {input_path} does not exist; pass an image file or a folder of images")
     if input_path.is_file():
         return [input_path], []
     extensions = {extension.lower() for extension in Image.registered_extensions()}
-    images, others = [], []
+    output_inside = input_path.resolve() in output_dir.resolve().parents  # strictly inside: not the folder itself
+    images, others, in_output = [], [], 0
     for path in sorted(input_path.rglob("*")):
         relative = path.relative_to(input_path)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
-        if output_dir.resolve() in path.resolve().parents:
+        if output_inside and output_dir.resolve() in path.resolve().parents:
+            in_output += 1
             continue
         (images if path.suffix.lower() in extensions else others).append(path)
+    if in_output:
+        logger.warning(
+            "%d files under --output %s (a folder inside --input) were not segmented: they are earlier predictions",
+            in_output,
+            output_dir,
+        )
     return images, others
 
 
@@ -108,6 +118,18 @@ def output_names(images: list[Path], input_path: Path) -> list[Path]:
             )
         seen[name] = path
     return names
+
+
+def check_inputs_kept(images: list[Path], names: list[Path], output_dir: Path, overlays: bool) -> None:
+    """Refuse before anything is written when a mask or an overlay would be written over one of the input images."""
+    inputs = {path.resolve(): path for path in images}
+    for name in names:
+        for target in [output_dir / name] + ([output_dir / OVERLAY_DIR / name] if overlays else []):
+            if target.resolve() in inputs:
+                raise HfsegError(
+                    f"--output {output_dir} would write {target} over the input image {inputs[target.resolve()]}; "
+                    "choose an --output folder outside the input folder (e.g. a new folder next to it)"
+                )
 
 
 def read_image(path: Path) -> Image.Image:
@@ -165,6 +187,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not images:
         raise HfsegError(f"--input {input_path}: no image files found (extensions: .png, .jpg, .tif, ...)")
     names = output_names(images, input_path)
+    check_inputs_kept(images, names, output_dir, predict_args.overlays)  # never write over an input
     written, failed = [], []
     progress = tqdm(total=len(images), desc="predict", unit="img")
     for start in range(0, len(images), predict_args.batch_size):
