@@ -143,4 +143,19 @@ def test_earlier_predictions_inside_input_are_left_out_and_counted(saved_tiny_mo
     with caplog.at_level(logging.WARNING, logger="hfseg"):
         written = _predict(saved_tiny_model, folder, folder / "masks")
     assert written == [folder / "masks" / "street.png"]
-    assert f"2 files under --output {folder / 'masks'}" in caplog.text  # the mask and its overlay
+    assert f"2 files under --input {folder} are masks or overlays written by hfseg predict" in caplog.text
+    written = _predict(saved_tiny_model, folder, folder)  # beside the images: the earlier masks are no inputs
+    assert written == [folder / "street.png"]
+
+
+def test_photos_in_an_output_folder_inside_input_are_inputs_and_never_overwritten(saved_tiny_model, tmp_path, capsys):
+    """Leaving out the whole --output folder once hid the user's own photos in it, and wrote masks over them."""
+    folder = tmp_path / "photos"
+    (folder / "day").mkdir(parents=True)
+    Image.fromarray(_random(40, 40)).save(folder / "x.jpg")
+    Image.fromarray(_random(30, 30, seed=1)).save(folder / "day" / "x.png")
+    original = (folder / "day" / "x.png").read_bytes()
+    with pytest.raises(SystemExit):
+        _predict(saved_tiny_model, folder, folder / "day")
+    assert f"over the input image {folder / 'day' / 'x.png'}" in capsys.readouterr().err
+    assert (folder / "day" / "x.png").read_bytes() == original
