@@ -32,6 +32,7 @@ from hfseg.models.build import build_image_processor, build_model, processor_inp
 from hfseg.models.losses import build_loss, training_masks
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.training.interrupts import train
+from hfseg.training.output_lock import lock_output_dir
 from hfseg.training.trainer import SegTrainer
 
 logger = logging.getLogger("hfseg")
@@ -41,6 +42,12 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    with lock_output_dir(training_args):  # one run per output dir; released however the run ends
+        return run(model_args, data_args, training_args)
+
+
+def run(model_args, data_args, training_args) -> dict:
+    """Train, evaluate and save one run into `training_args.output_dir` (which the caller holds locked)."""
     prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
     resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir, writes nothing

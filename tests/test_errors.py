@@ -11,9 +11,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, tiny_run_args
 from datasets import Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
+from safetensors.torch import save_file
 
 from hfseg.config import parse_args
 from hfseg.errors import HfsegError
@@ -197,8 +199,8 @@ def test_output_dir_holding_another_run_is_refused_and_left_intact(capsys, tmp_p
 def test_overwrite_output_dir_and_resume_are_allowed(tmp_path):
     output_dir = tmp_path / "out"
     (output_dir / "checkpoint-2").mkdir(parents=True)
-    for name in ("model.safetensors", "trainer_state.json"):
-        (output_dir / "checkpoint-2" / name).write_text("{}")
+    save_file({"weight": torch.zeros(2)}, str(output_dir / "checkpoint-2" / "model.safetensors"))
+    (output_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
     *_, training_args = parse_args(tiny_run_args(output_dir, "--overwrite_output_dir"))
     assert prepare_output_dir(training_args) is None
     *_, training_args = parse_args(tiny_run_args(output_dir, "--resume_from_checkpoint", "auto"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from transformers import HfArgumentParser
 
 from hfseg.config import SegTrainingArguments
@@ -33,6 +33,8 @@ from hfseg.models.build import load_for_inference, processor_input_size
 logger = logging.getLogger("hfseg")
 
 OVERLAY_DIR = "overlays"
+#: PNG text chunk that marks the files `hfseg predict` writes, so a later run never takes them for inputs.
+PREDICTION_TAG = ("Software", "hfseg predict")
 
 
 @dataclass
@@ -88,21 +90,41 @@ def parse_predict_args(argv: list[str] | None = None):
     return predict_args, InferenceOptions.from_arguments(inference_args)
 
 
+def is_prediction(path: Path) -> bool:
+    """Whether `path` is a mask or overlay that `hfseg predict` wrote (its PNG carries `PREDICTION_TAG`)."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.info.get(PREDICTION_TAG[0]) == PREDICTION_TAG[1]
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False  # an unreadable file is an input: it is named when it is read
+
+
 def list_inputs(input_path: Path, output_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under `input_path`, sorted; hidden files and `output_dir` are left out."""
+    """(image files, other files) under `input_path`, sorted. Hidden files are left out, and so are the masks and
+    overlays an earlier `hfseg predict` wrote (an `--output` inside `--input`; their count is logged). Where
+    `--output` is, matters not: `check_inputs_kept` refuses to write over an input."""
     if not input_path.exists():
         raise HfsegError(f"--input {input_path} does not exist; pass an image file or a folder of images")
     if input_path.is_file():
         return [input_path], []
     extensions = {extension.lower() for extension in Image.registered_extensions()}
-    images, others = [], []
+    images, others, predictions = [], [], 0
     for path in sorted(input_path.rglob("*")):
         relative = path.relative_to(input_path)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
-        if output_dir.resolve() in path.resolve().parents:
+        if is_prediction(path):
+            predictions += 1
             continue
         (images if path.suffix.lower() in extensions else others).append(path)
+    if predictions:
+        logger.warning(
+            "%d files under --input %s are masks or overlays written by hfseg predict and were not segmented",
+            predictions,
+            input_path,
+        )
     return images, others
 
 
@@ -119,6 +141,18 @@ def output_names(images: list[Path], input_path: Path) -> list[Path]:
             )
         seen[name] = path
     return names
+
+
+def check_inputs_kept(images: list[Path], names: list[Path], output_dir: Path, overlays: bool) -> None:
+    """Refuse before anything is written when a mask or an overlay would be written over one of the input images."""
+    inputs = {path.resolve(): path for path in images}
+    for name in names:
+        for target in [output_dir / name] + ([output_dir / OVERLAY_DIR / name] if overlays else []):
+            if target.resolve() in inputs:
+                raise HfsegError(
+                    f"--output {output_dir} would write {target} over the input image {inputs[target.resolve()]}; "
+                    "choose an --output folder outside the input folder (e.g. a new folder next to it)"
+                )
 
 
 def read_image(path: Path) -> Image.Image:
@@ -148,7 +182,14 @@ def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
         image.putpalette(palette.astype(np.uint8).reshape(-1).tolist())
     else:
         image = Image.fromarray(mask.astype(np.uint16))
-    image.save(path)
+    save_tagged(image, path)
+
+
+def save_tagged(image: Image.Image, path: Path) -> None:
+    """Save a PNG carrying `PREDICTION_TAG`."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*PREDICTION_TAG)
+    image.save(path, pnginfo=info)
 
 
 def save_raw_mask(values: np.ndarray, path: Path) -> None:
@@ -216,6 +257,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not images:
         raise HfsegError(f"--input {input_path}: no image files found (extensions: .png, .jpg, .tif, ...)")
     names = output_names(images, input_path)
+    check_inputs_kept(images, names, output_dir, predict_args.overlays)  # never write over an input
     written, failed = [], []
     progress = tqdm(total=len(images), desc="predict", unit="img")
     for start in range(0, len(images), predict_args.batch_size):
@@ -240,7 +282,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 if predict_args.overlays:
                     overlay_path = output_dir / OVERLAY_DIR / name
                     overlay_path.parent.mkdir(parents=True, exist_ok=True)
-                    overlay(image, mask, palette, predict_args.overlay_alpha).save(overlay_path)
+                    save_tagged(overlay(image, mask, palette, predict_args.overlay_alpha), overlay_path)
                 written.append(output_dir / name)
         progress.update(min(predict_args.batch_size, len(images) - start))
     progress.close()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +31,23 @@ TRAINING_ARGS_NAME = "training_args.bin"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 #: Files that show a directory holds a run (hfseg's or a plain Trainer's).
 RUN_FILES = ("hfseg_config.yaml", "model.safetensors", "config.json", TRAINER_STATE_NAME, INCOMPLETE_MARKER)
+#: What a run writes into its output dir; `--overwrite_output_dir` moves these (and the checkpoints) aside.
+RUN_OUTPUTS = (
+    *RUN_FILES,
+    TRAINING_ARGS_NAME,
+    "model.safetensors.index.json",
+    "preprocessor_config.json",
+    "all_results.json",
+    "eval_results.json",
+    "train_results.json",
+    "predictions.png",
+    "training_curves.png",
+    "README.md",
+    "runs",
+)
+PREVIOUS_RUN_DIR = ".hfseg-previous-run"
 RESUME_LATEST = ("auto", "true", "last", "latest")
+NO_RESUME = (None, False, "", "false", "False", "none", "None")
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -47,37 +65,108 @@ def missing_checkpoint_files(path: str | Path) -> list[str]:
     return missing
 
 
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why a safetensors file cannot be loaded (truncated, unreadable header), or None when it is whole.
+
+    Reads only the header: the file must be as long as the header says its tensors are.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{path.name} is truncated ({size} bytes)"
+    with open(path, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if 8 + header_size > size:
+            return f"{path.name} is truncated ({size} bytes, its header alone needs {8 + header_size})"
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return f"{path.name} has an unreadable header"
+    expected = 8 + header_size + end
+    if size < expected:
+        return f"{path.name} is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files holding a checkpoint's weights (the shards of a sharded save)."""
+    path = Path(path)
+    files = [path / name for name in WEIGHT_FILES if name.endswith(".safetensors") and (path / name).is_file()]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError):
+            shards = [index.name]  # reported as unreadable below
+        files += [path / shard for shard in shards]
+    return files
+
+
+def damaged_checkpoint_files(path: str | Path) -> list[str]:
+    """What is wrong with the files a checkpoint has (truncated weights, unreadable trainer state); empty if none."""
+    path = Path(path)
+    problems = []
+    for file in weight_files(path):
+        if not file.is_file():
+            problems.append(f"{file.name} is missing")
+        elif file.suffix != ".safetensors":
+            problems.append(f"{file.name} is unreadable")
+        elif (problem := safetensors_problem(file)) is not None:
+            problems.append(problem)
+    state = path / TRAINER_STATE_NAME
+    if state.is_file():
+        try:
+            json.loads(state.read_text())
+        except (ValueError, UnicodeDecodeError):
+            problems.append(f"{TRAINER_STATE_NAME} is not valid JSON")
+    return problems
+
+
 def checkpoint_step(path: str | Path) -> int | None:
     match = _CHECKPOINT_NAME.match(Path(path).name)
     return int(match.group(1)) if match else None
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The `checkpoint-N` in `output_dir` with the highest N that is complete; incomplete ones are skipped."""
+def complete_checkpoints(output_dir: str | Path, below: int | None = None) -> Iterator[Path]:
+    """The `checkpoint-N` dirs in `output_dir` that can be resumed from, highest N first (only N < `below` when
+    given); incomplete or damaged ones are skipped with a warning that says why."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        return None
+        return
     candidates = sorted(
         (path for path in output_dir.iterdir() if checkpoint_step(path) is not None and path.is_dir()),
         key=checkpoint_step,
         reverse=True,
     )
     for path in candidates:
+        if below is not None and checkpoint_step(path) >= below:
+            continue
         missing = missing_checkpoint_files(path)
-        if not missing:
-            return path
-        logger.warning("skipping incomplete checkpoint %s (missing %s)", path, ", ".join(missing))
-    return None
+        if missing:
+            logger.warning("skipping incomplete checkpoint %s (missing %s)", path, ", ".join(missing))
+            continue
+        damaged = damaged_checkpoint_files(path)
+        if damaged:
+            logger.warning("skipping damaged checkpoint %s (%s); looking for an earlier one", path, "; ".join(damaged))
+            continue
+        yield path
+
+
+def latest_complete_checkpoint(output_dir: str | Path, below: int | None = None) -> Path | None:
+    """The `checkpoint-N` in `output_dir` with the highest N that is complete and undamaged (N < `below` if given)."""
+    return next(complete_checkpoints(output_dir, below), None)
 
 
 def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | Path) -> str | None:
     """`--resume_from_checkpoint` -> a checked checkpoint path, or None to start from scratch.
 
-    `auto`: the latest complete checkpoint in `output_dir`, or a fresh start when there is none (handy for jobs
-    that are requeued). `true`/`last`/`latest`: the same, but there must be one. A path: it must be a complete
-    checkpoint directory (weights as safetensors and trainer_state.json); nothing else is loaded.
+    `auto`: the latest complete checkpoint in `output_dir` (a damaged one, e.g. with truncated weights, is skipped
+    for the one before it), or a fresh start when there is none (handy for jobs that are requeued).
+    `true`/`last`/`latest`: the same, but there must be one. A path: it must be a complete, undamaged checkpoint
+    directory (weights as safetensors and trainer_state.json); nothing else is loaded.
     """
-    if resume_from_checkpoint in (None, False, "", "false", "False", "none", "None"):
+    if resume_from_checkpoint in NO_RESUME:
         return None
     value = str(resume_from_checkpoint)
     if value.lower() in RESUME_LATEST:
@@ -99,7 +188,33 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | 
             f"--resume_from_checkpoint {value} is not a complete checkpoint directory (missing {', '.join(missing)}); "
             f"pass a checkpoint-N directory written by hfseg, or --resume_from_checkpoint auto"
         )
+    damaged = damaged_checkpoint_files(path)
+    if damaged:
+        step = checkpoint_step(path)
+        previous = latest_complete_checkpoint(path.parent, below=step) if step is not None else None
+        fix = (
+            f"resume from the checkpoint before it with --resume_from_checkpoint {previous}"
+            if previous is not None
+            else f"there is no earlier complete checkpoint in {path.parent}; rerun without --resume_from_checkpoint"
+        )
+        raise HfsegError(f"--resume_from_checkpoint {value} is damaged: {'; '.join(damaged)}; {fix}")
     return str(path)
+
+
+def non_finite_weight(path: str | Path) -> str | None:
+    """The first weight of a checkpoint holding NaN/inf (`name in file`), or None when all are finite.
+
+    Reads one tensor at a time, so memory stays at the largest tensor.
+    """
+    from safetensors import safe_open
+
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = weights.get_tensor(name)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f"{name} in {file.name}"
+    return None
 
 
 def load_checkpoint_weights(model, checkpoint: str | Path) -> None:
@@ -126,17 +241,40 @@ def run_files_in(output_dir: str | Path) -> list[str]:
     )
 
 
+def starts_over(training_args) -> bool:
+    """Whether this run replaces the run its output dir holds: `--overwrite_output_dir` is set, the dir holds a run,
+    and this is not a `--resume_from_checkpoint` of an unfinished run there (a requeued job whose command, like the
+    demo recipe, also sets `--overwrite_output_dir` continues its own run)."""
+    output_dir = Path(training_args.output_dir)
+    if not training_args.overwrite_output_dir or not run_files_in(output_dir):
+        return False
+    resumes = training_args.resume_from_checkpoint not in NO_RESUME
+    return not (resumes and (output_dir / INCOMPLETE_MARKER).exists())
+
+
 def prepare_output_dir(training_args) -> str | None:
     """Check `output_dir` before anything is loaded and resolve the checkpoint to resume from; writes nothing
     (`mark_incomplete` does, once the data and model are ready).
 
     Refuses an output dir that already holds another run unless `--overwrite_output_dir` is set or the run
-    resumes from a checkpoint inside it.
+    resumes from a checkpoint inside it. With `--overwrite_output_dir` the run starts afresh (see `starts_over`):
+    `--resume_from_checkpoint auto` finds nothing of the previous run, whose files `mark_incomplete` moves aside.
 
     Returns:
         The checkpoint directory to resume from, or None.
     """
     output_dir = Path(training_args.output_dir)
+    if starts_over(training_args):
+        value = str(training_args.resume_from_checkpoint)
+        if value.lower() == "auto" or training_args.resume_from_checkpoint in NO_RESUME:
+            return None
+        if value.lower() in RESUME_LATEST or output_dir.resolve() in Path(value).expanduser().resolve().parents:
+            raise HfsegError(
+                f"--resume_from_checkpoint {value} asks to continue the finished run in {output_dir}, but "
+                "--overwrite_output_dir starts a new one there; pass --overwrite_output_dir false to continue it, or "
+                "drop --resume_from_checkpoint to start afresh"
+            )
+        return resolve_resume(value, output_dir)  # another run's checkpoint, outside this output dir
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     if training_args.process_index != 0:  # the main process checks and marks (others would see its marker)
         return resume
@@ -156,12 +294,36 @@ def prepare_output_dir(training_args) -> str | None:
     return resume
 
 
+def move_previous_run(output_dir: str | Path) -> Path:
+    """Move the files and checkpoints of the run in `output_dir` into `output_dir/.hfseg-previous-run` (replacing
+    the run kept there before), so that nothing of it is resumed into, or mixed with, the new run."""
+    output_dir = Path(output_dir)
+    previous = output_dir / PREVIOUS_RUN_DIR
+    names = sorted(
+        path.name for path in output_dir.iterdir() if path.name in RUN_OUTPUTS or checkpoint_step(path) is not None
+    )
+    if previous.exists():
+        shutil.rmtree(previous)
+    previous.mkdir()
+    for name in names:
+        os.replace(output_dir / name, previous / name)
+    logger.warning(
+        "--overwrite_output_dir: this run starts afresh; moved the previous run's %s to %s (deleting the run kept "
+        "there before), so none of its checkpoints can be resumed into this run",
+        ", ".join(names),
+        previous,
+    )
+    return previous
+
+
 def mark_incomplete(training_args) -> None:
-    """Create `output_dir` with the incomplete marker (removed by `mark_complete`); clear a crashed save's staging
-    dir (never a complete checkpoint). Main process only."""
+    """Create `output_dir` with the incomplete marker (removed by `mark_complete`); move a replaced run aside
+    (`--overwrite_output_dir`); clear a crashed save's staging dir (never a complete checkpoint). Main process only."""
     if training_args.process_index != 0:
         return
     output_dir = Path(training_args.output_dir)
+    if starts_over(training_args):
+        move_previous_run(output_dir)
     staging = output_dir / STAGING_DIR_NAME
     if staging.exists():
         logger.warning("removing %s left by an interrupted save (never a complete checkpoint)", staging)

@@ -11,7 +11,13 @@ from transformers import TrainerCallback
 
 from hfseg.data.determinism import SeededSamples, SetDatasetEpoch
 from hfseg.errors import HfsegError
-from hfseg.training.checkpoints import disk_error, latest_complete_checkpoint
+from hfseg.training.checkpoints import (
+    checkpoint_step,
+    complete_checkpoints,
+    disk_error,
+    latest_complete_checkpoint,
+    non_finite_weight,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +121,29 @@ def check_finite_loss(loss: torch.Tensor, trainer) -> None:
         learning_rate = trainer.lr_scheduler.get_last_lr()[0]
     except (AttributeError, AssertionError, IndexError):
         learning_rate = trainer.args.learning_rate
-    checkpoint = latest_complete_checkpoint(trainer.args.output_dir)
-    where = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+    where = last_good_checkpoint(trainer.args.output_dir, trainer.state.global_step)
     raise NonFiniteLoss(
         f"training loss is {value} at step {step} (learning rate {learning_rate:.3g}), stopped before training on "
         "garbage; lower --learning_rate (or add --warmup_steps / --max_grad_norm 1.0) and check that the labels fit "
         f"num_labels and --ignore_index{where}"
     )
+
+
+def last_good_checkpoint(output_dir, step: int) -> str:
+    """A clause naming the latest complete checkpoint that is good to resume from after a non-finite loss with the
+    weights of `step`: saved before `step` (the checkpoint at `step` holds the weights that gave the loss) and with
+    every weight finite. Newer ones are named with the reason they were passed over; empty when there are none."""
+    passed_over = []
+    for checkpoint in complete_checkpoints(output_dir):
+        if checkpoint_step(checkpoint) == step:
+            passed_over.append(f"not {checkpoint.name}: its weights gave this loss")
+        elif checkpoint_step(checkpoint) > step:
+            passed_over.append(f"not {checkpoint.name}: newer than the weights that gave this loss")
+        elif (weight := non_finite_weight(checkpoint)) is not None:
+            passed_over.append(f"not {checkpoint.name}: {weight} is not finite")
+        else:
+            after = f" ({'; '.join(passed_over)})" if passed_over else ""
+            return f"; the last good checkpoint is {checkpoint}{after}"
+    if passed_over:
+        return f"; no checkpoint is good to resume from ({'; '.join(passed_over)}): start afresh"
+    return ""

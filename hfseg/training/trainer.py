@@ -104,6 +104,14 @@ class SegTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _run_epoch(self, *args, **kwargs):
+        """No epoch starts once `max_steps` is reached: Trainer checks it only after a step, so a run resumed from
+        its last checkpoint (killed while saving the final model) would train one step more."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         """Checkpoints are written to a staging dir and renamed into place when complete."""
         save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)

@@ -201,3 +201,63 @@ def test_original_label_values_of_colour_coded_masks_are_their_colours(tmp_path)
     assert raw.mode == "RGB" and raw.size == (40, 30)
     colours = np.array([[128, 64, 128], [0, 0, 142]], dtype=np.uint8)
     assert np.array_equal(np.asarray(raw), colours[np.asarray(ids)])
+
+
+def _predict(model, input_path, output):
+    return predict_main(["--model", str(model), "--input", str(input_path), "--output", str(output)])
+
+
+def test_predict_never_writes_over_an_input(saved_tiny_model, tmp_path, capsys):
+    """`--input DIR/photo.png --output DIR` once wrote the mask over the photo and exited 0."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_random(40, 40)).save(folder / "photo.png")
+    Image.fromarray(_random(30, 50, seed=1)).save(folder / "other.jpg")
+    original = (folder / "photo.png").read_bytes()
+    for input_path in (folder / "photo.png", folder):
+        with pytest.raises(SystemExit) as exit_info:
+            _predict(saved_tiny_model, input_path, folder)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert f"over the input image {folder / 'photo.png'}" in error and "outside the input folder" in error, error
+        assert (folder / "photo.png").read_bytes() == original, "an input image was overwritten"
+        assert not (folder / "other.png").exists(), "nothing is written once an input would be overwritten"
+
+
+def test_output_folder_that_is_or_holds_the_input_hides_no_input(saved_tiny_model, tmp_path):
+    """An --output that is the --input folder, or a folder above it, once made every input vanish ("no image files
+    found"); a folder inside --input still leaves out the earlier predictions in it, and says so."""
+    folder = tmp_path / "photos"
+    (folder / "day").mkdir(parents=True)
+    Image.fromarray(_random(40, 40)).save(folder / "day" / "street.jpg")
+    written = _predict(saved_tiny_model, folder / "day", folder)  # --output holds --input
+    assert written == [folder / "street.png"]
+    assert Image.open(folder / "street.png").size == (40, 40)
+    written = _predict(saved_tiny_model, folder / "day", folder / "day")  # --output is --input
+    assert written == [folder / "day" / "street.png"]
+
+
+def test_earlier_predictions_inside_input_are_left_out_and_counted(saved_tiny_model, tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_random(40, 40)).save(folder / "street.jpg")
+    _predict(saved_tiny_model, folder, folder / "masks")
+    with caplog.at_level(logging.WARNING, logger="hfseg"):
+        written = _predict(saved_tiny_model, folder, folder / "masks")
+    assert written == [folder / "masks" / "street.png"]
+    assert f"2 files under --input {folder} are masks or overlays written by hfseg predict" in caplog.text
+    written = _predict(saved_tiny_model, folder, folder)  # beside the images: the earlier masks are no inputs
+    assert written == [folder / "street.png"]
+
+
+def test_photos_in_an_output_folder_inside_input_are_inputs_and_never_overwritten(saved_tiny_model, tmp_path, capsys):
+    """Leaving out the whole --output folder once hid the user's own photos in it, and wrote masks over them."""
+    folder = tmp_path / "photos"
+    (folder / "day").mkdir(parents=True)
+    Image.fromarray(_random(40, 40)).save(folder / "x.jpg")
+    Image.fromarray(_random(30, 30, seed=1)).save(folder / "day" / "x.png")
+    original = (folder / "day" / "x.png").read_bytes()
+    with pytest.raises(SystemExit):
+        _predict(saved_tiny_model, folder, folder / "day")
+    assert f"over the input image {folder / 'day' / 'x.png'}" in capsys.readouterr().err
+    assert (folder / "day" / "x.png").read_bytes() == original

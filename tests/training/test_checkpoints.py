@@ -2,6 +2,8 @@
 
 import errno
 import functools
+import json
+import logging
 import os
 import resource
 import signal
@@ -19,6 +21,7 @@ from hfseg.errors import HfsegError
 from hfseg.training.checkpoints import (
     INCOMPLETE_MARKER,
     STAGING_DIR_NAME,
+    checkpoint_step,
     disk_error,
     latest_complete_checkpoint,
     resolve_resume,
@@ -135,7 +138,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 
 def make_checkpoint(path: Path, complete: bool = True) -> Path:
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"x")
+    save_file({"weight": torch.zeros(2)}, str(path / "model.safetensors"))  # a whole file: damaged ones are skipped
     if complete:
         (path / "trainer_state.json").write_text("{}")
     return path
@@ -371,3 +374,147 @@ def test_file_size_limit_at_checkpoint_and_final_save(tmp_path, save_strategy):
     assert_one_line_error(returncode, log, f"a file size limit (ulimit -f) stopped saving {what}")
     assert not (output_dir / STAGING_DIR_NAME).exists() and not (output_dir / "model.safetensors").exists()
     assert latest_complete_checkpoint(output_dir) is None and (output_dir / INCOMPLETE_MARKER).exists()
+
+
+# --- nothing of one run resumed into another; no step past max_steps; damaged or non-finite checkpoints ---
+
+
+def saved_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A checkpoint dir as Trainer writes it, as far as resuming looks: real safetensors weights and a state."""
+    from conftest import tiny_model
+
+    torch.manual_seed(seed)
+    tiny_model().save_pretrained(path)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": checkpoint_step(path), "log_history": []}))
+    return path
+
+
+def test_truncated_weights_fall_back_for_auto_and_name_the_previous_checkpoint_for_a_path(tmp_path, caplog):
+    from conftest import tiny_model
+
+    from hfseg.training.checkpoints import load_checkpoint_weights
+
+    previous, latest = saved_checkpoint(tmp_path / "checkpoint-2"), saved_checkpoint(tmp_path / "checkpoint-4")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 1000])
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("auto", tmp_path) == str(previous)
+    assert f"skipping damaged checkpoint {latest} (model.safetensors is truncated" in caplog.text
+    with pytest.raises(HfsegError) as error:
+        resolve_resume(str(latest), tmp_path)
+    assert "model.safetensors is truncated" in str(error.value)
+    assert f"--resume_from_checkpoint {previous}" in str(error.value)
+    load_checkpoint_weights(tiny_model(), previous)  # the one it falls back to loads
+
+
+def test_nan_stop_names_only_a_checkpoint_before_the_bad_weights_with_finite_weights(tmp_path):
+    from hfseg.training.interrupts import last_good_checkpoint
+
+    for step in (2, 4, 6):
+        saved_checkpoint(tmp_path / f"checkpoint-{step}", seed=step)
+    blown = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
+    name = next(key for key, tensor in blown.items() if tensor.is_floating_point())
+    blown[name] = torch.full_like(blown[name], float("inf"))
+    save_file(blown, str(tmp_path / "checkpoint-4" / "model.safetensors"), metadata={"format": "pt"})
+    clause = last_good_checkpoint(tmp_path, step=6)  # the loss came from the weights after step 6
+    assert clause.startswith(f"; the last good checkpoint is {tmp_path / 'checkpoint-2'} ("), clause
+    assert "not checkpoint-6: its weights gave this loss" in clause
+    assert f"not checkpoint-4: {name} in model.safetensors is not finite" in clause
+    clause = last_good_checkpoint(tmp_path, step=2)
+    assert clause.startswith("; no checkpoint is good to resume from (") and clause.endswith(": start afresh"), clause
+    assert "not checkpoint-2: its weights gave this loss" in clause and "not checkpoint-6: newer than" in clause
+    assert last_good_checkpoint(tmp_path / "empty", step=3) == ""
+
+
+@pytest.mark.slow
+def test_nan_stop_in_a_run_names_a_checkpoint_with_finite_weights(tmp_path, capsys):
+    import re
+
+    from hfseg.finetune import main
+
+    output_dir = tmp_path / "out"
+    exploding = ("--optim", "sgd", "--learning_rate", "1e30", "--max_grad_norm", "0", "--lr_scheduler_type")
+    exploding = (*exploding, "constant")
+    with pytest.raises(SystemExit):
+        main(tiny_run_args(output_dir, *exploding, "--save_strategy", "steps", "--save_steps", "1"))
+    error = capsys.readouterr().err
+    stopped_at = int(re.search(r"training loss is \w+ at step (\d+)", error).group(1))
+    named = re.search(r"the last good checkpoint is (\S+)", error)
+    assert latest_complete_checkpoint(output_dir) == output_dir / f"checkpoint-{stopped_at - 1}", error
+    assert f"not checkpoint-{stopped_at - 1}: its weights gave this loss" in error
+    if named:
+        assert checkpoint_step(named.group(1)) < stopped_at - 1
+        saved = load_file(f"{named.group(1)}/model.safetensors")
+        assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+
+@pytest.mark.slow
+def test_run_killed_while_saving_its_final_model_resumes_without_training_further(tmp_path):
+    """Its last checkpoint is at max_steps; Trainer would start the next epoch's remainder and train one step more."""
+    from hfseg.finetune import main
+
+    output_dir = tmp_path / "out"
+    run = tiny_run_args(output_dir, *DETERMINISTIC, "--max_steps", "6", "--num_preview_images", "0")
+    main(run)  # 4 steps per epoch: step 6 is mid-epoch
+    last = output_dir / "checkpoint-6"
+    # The state a kill during `save_final_model` leaves: the final checkpoint, no final model, the run unfinished.
+    (output_dir / "model.safetensors").unlink()
+    (output_dir / INCOMPLETE_MARKER).write_text("")
+    main([*run, "--resume_from_checkpoint", "auto"])
+    final, saved = weights(output_dir), load_file(str(last / "model.safetensors"))
+    assert final.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, final[name]), f"{name} changed: the resumed run trained past max_steps"
+    assert latest_complete_checkpoint(output_dir) == last, "no checkpoint beyond max_steps"
+    assert not (output_dir / INCOMPLETE_MARKER).exists()
+
+
+def test_overwrite_moves_the_previous_run_aside_so_auto_resumes_nothing_of_it(tmp_path, caplog):
+    """`--overwrite_output_dir` (the demo recipe sets it) then `auto` once resumed the old run's checkpoint-40."""
+    from hfseg.config import parse_args
+    from hfseg.training.checkpoints import PREVIOUS_RUN_DIR, mark_incomplete, prepare_output_dir
+
+    output_dir = tmp_path / "out"
+    saved_checkpoint(output_dir / "checkpoint-40")  # a finished run
+    for name in ("model.safetensors", "eval_results.json", "hfseg_config.yaml"):
+        (output_dir / name).write_text("old run")
+    (output_dir / "notes.txt").write_text("mine")
+    *_, new_run = parse_args(tiny_run_args(output_dir, "--overwrite_output_dir", "--resume_from_checkpoint", "auto"))
+    assert prepare_output_dir(new_run) is None
+    assert (output_dir / "checkpoint-40").is_dir(), "nothing moves before the data and model are ready"
+    with caplog.at_level(logging.WARNING):
+        mark_incomplete(new_run)
+    previous = output_dir / PREVIOUS_RUN_DIR
+    assert f"moved the previous run's checkpoint-40, eval_results.json, hfseg_config.yaml, model.safetensors to " \
+        f"{previous}" in caplog.text  # fmt: skip
+    assert latest_complete_checkpoint(output_dir) is None and (previous / "checkpoint-40").is_dir()
+    assert (output_dir / "notes.txt").read_text() == "mine", "files no run writes stay"
+    assert sorted(run_files_in(output_dir)) == [INCOMPLETE_MARKER]
+
+    # The new run is killed after its checkpoint-10; the same command (overwrite + auto) continues it.
+    saved_checkpoint(output_dir / "checkpoint-10")
+    assert prepare_output_dir(new_run) == str(output_dir / "checkpoint-10")
+    mark_incomplete(new_run)
+    assert (output_dir / "checkpoint-10").is_dir() and (previous / "checkpoint-40").is_dir()
+
+    # It finishes; the next overwrite (`make demo` again) replaces the run kept aside.
+    (output_dir / INCOMPLETE_MARKER).unlink()
+    *_, third_run = parse_args(tiny_run_args(output_dir, "--overwrite_output_dir"))
+    assert prepare_output_dir(third_run) is None
+    mark_incomplete(third_run)
+    assert sorted(path.name for path in previous.iterdir()) == ["checkpoint-10"]
+    assert latest_complete_checkpoint(output_dir) is None
+
+
+def test_overwrite_refuses_to_resume_a_checkpoint_it_moves_aside(tmp_path):
+    from hfseg.config import parse_args
+    from hfseg.training.checkpoints import prepare_output_dir
+
+    output_dir = tmp_path / "out"
+    checkpoint = saved_checkpoint(output_dir / "checkpoint-40")
+    for resume in (str(checkpoint), "latest"):
+        *_, training_args = parse_args(
+            tiny_run_args(output_dir, "--overwrite_output_dir", "--resume_from_checkpoint", resume)
+        )
+        with pytest.raises(HfsegError, match="--overwrite_output_dir starts a new one there"):
+            prepare_output_dir(training_args)
