@@ -50,6 +50,14 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run (off unless you trust it)."}
     )
     revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    task: str = field(
+        default="multiclass",
+        metadata={
+            "help": "multiclass (softmax over id2label's classes) or binary (one sigmoid logit, num_labels=1, for "
+            "background/foreground masks; bce-based losses; saved as a two-class model thresholded at --threshold).",
+            "choices": ["multiclass", "binary"],
+        },
+    )
     # --- training (issue 5) ---
     backbone_name_or_path: str | None = field(
         default=None,
@@ -212,6 +220,13 @@ class SegTrainingArguments(TrainingArguments):
     eval_scales: list[float] = field(
         default_factory=lambda: [1.0],
         metadata={"help": "Multi-scale TTA: image scales whose softmax outputs are averaged, e.g. 0.75 1.0 1.25."},
+    )
+    threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "--task binary: foreground probability above which a pixel is foreground (predictions, "
+            "metrics, and the saved two-class head)."
+        },
     )
     eval_flip: bool = field(default=False, metadata={"help": "TTA: also average horizontally flipped views."})
     eval_crop_size: int | None = field(
