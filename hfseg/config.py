@@ -50,6 +50,14 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint's own Python code to run (off unless you trust it)."}
     )
     revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    task: str = field(
+        default="multiclass",
+        metadata={
+            "help": "multiclass (softmax over id2label's classes) or binary (one sigmoid logit, num_labels=1, for "
+            "background/foreground masks; bce-based losses; saved as a two-class model thresholded at --threshold).",
+            "choices": ["multiclass", "binary"],
+        },
+    )
     # --- training (issue 5) ---
     backbone_name_or_path: str | None = field(
         default=None,
@@ -220,6 +228,13 @@ class SegTrainingArguments(TrainingArguments):
         default_factory=lambda: [1.0],
         metadata={"help": "Multi-scale TTA: image scales whose softmax outputs are averaged, e.g. 0.75 1.0 1.25."},
     )
+    threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "--task binary: foreground probability above which a pixel is foreground (predictions, "
+            "metrics, and the saved two-class head)."
+        },
+    )
     eval_flip: bool = field(default=False, metadata={"help": "TTA: also average horizontally flipped views."})
     eval_crop_size: int | None = field(
         default=None, metadata={"help": "Slide mode: square window size (default: the model's input size)."}
@@ -241,9 +256,31 @@ class SegTrainingArguments(TrainingArguments):
     loss: str = field(
         default="ce",
         metadata={
-            "help": "Training loss: ce (cross-entropy with ignore_index), dice, or ce_dice (ce + dice_weight * dice).",
-            "choices": ["ce", "dice", "ce_dice"],
+            "help": "Training loss: one name or weighted terms, e.g. ce, ce_dice (ce + dice_weight * dice), "
+            "ce:1,lovasz:0.5. Multiclass: ce, ohem, focal, dice, tversky, jaccard, lovasz (softmax); binary "
+            "(num_labels=1): bce, focal, dice, tversky, jaccard, lovasz (hinge)."
         },
+    )
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma (0 = plain sigmoid BCE)."})
+    focal_alpha: float | None = field(
+        default=None, metadata={"help": "Focal loss weight of positive targets (0-1, e.g. 0.25); default: none."}
+    )
+    tversky_alpha: float = field(default=0.3, metadata={"help": "Tversky loss weight of false positives."})
+    tversky_beta: float = field(
+        default=0.7, metadata={"help": "Tversky loss weight of false negatives (> alpha favours recall)."}
+    )
+    ohem_thresh: float | None = field(
+        default=0.7,
+        metadata={
+            "help": "OHEM: keep pixels whose true-class probability is below this (mmseg's thresh); null (in a "
+            "recipe): keep the --ohem_min_kept pixels of highest loss."
+        },
+    )
+    ohem_min_kept: int = field(
+        default=100000, metadata={"help": "OHEM: pixels kept per image at least (mmseg's min_kept; Cityscapes)."}
+    )
+    pos_weight: float | None = field(
+        default=None, metadata={"help": "Binary bce: weight of foreground pixels (e.g. background/foreground ratio)."}
     )
     class_weights: list[float] | None = field(
         default=None,

@@ -28,6 +28,7 @@ from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
 from hfseg.hub.card import write_model_card
 from hfseg.hub.push import prepare_hub_push, push_finished_run
+from hfseg.models.binary import check_binary_options, export_binary_head
 from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.models.losses import build_loss, training_masks
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
@@ -69,6 +70,8 @@ def run(model_args, data_args, training_args) -> dict:
         data_args.ignore_index,
     )
     inference_options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
+    if model_args.task == "binary":
+        check_binary_options(training_args.threshold, inference_options)
     eval_transform = eval_transform_for(processor, inference_options)
     columns = (source.image_column, source.label_column)
     train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform)
@@ -88,7 +91,9 @@ def run(model_args, data_args, training_args) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=functools.partial(collate_segmentation, ignore_index=data_args.ignore_index),
-        compute_metrics=TrainerSegmentationMetrics(spec.id2label, data_args.ignore_index),
+        compute_metrics=TrainerSegmentationMetrics(
+            spec.id2label, data_args.ignore_index, foreground=model_args.task == "binary"
+        ),
         processing_class=processor,
         ignore_index=data_args.ignore_index,
         inference_options=inference_options,
@@ -96,6 +101,8 @@ def run(model_args, data_args, training_args) -> dict:
     )
     mark_incomplete(training_args)  # output_dir marked unfinished until its last file is written
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
+    if model_args.task == "binary":  # saved as a two-class head that the plain pipeline thresholds by argmax
+        export_binary_head(trainer.model, spec.id2label, training_args.threshold)
     save_final_model(trainer)  # temp dir + atomic renames
     metrics = trainer.evaluate()
     if math.isnan(metrics.get("eval_mean_iou", 0.0)):  # a NaN must never reach eval_results.json or the card

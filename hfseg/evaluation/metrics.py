@@ -201,8 +201,11 @@ class TrainerSegmentationMetrics:
     After each `compute_result=True` call, `last_confusion` holds the (C, C) matrix the result came from.
     """
 
-    def __init__(self, id2label: dict[int, str], ignore_index: int = 255, keep_per_sample: bool = False):
+    def __init__(
+        self, id2label: dict[int, str], ignore_index: int = 255, keep_per_sample: bool = False, foreground=False
+    ):
         self.id2label = {int(k): v for k, v in id2label.items()}
+        self.foreground = foreground
         self.metric = StreamingSegmentationMetric(len(self.id2label), ignore_index)
         self.keep_per_sample = keep_per_sample
         self.per_sample_iou: list[float] = []
@@ -218,7 +221,8 @@ class TrainerSegmentationMetrics:
         result = self.metric.compute()
         self.last_confusion = self.metric.confusion.clone()
         self.metric.reset()
-        return flatten_metrics(result, self.id2label)
+        flat = flatten_metrics(result, self.id2label)
+        return {**flat, **foreground_metrics(result)} if self.foreground else flat
 
 
 def flatten_metrics(result: dict, id2label: dict[int, str]) -> dict:
@@ -229,6 +233,14 @@ def flatten_metrics(result: dict, id2label: dict[int, str]) -> dict:
     for index, iou in enumerate(result["per_category_iou"]):
         flat[f"iou_{id2label.get(index, str(index))}"] = float(iou)
     return flat
+
+
+def foreground_metrics(result: dict) -> dict[str, float]:
+    """Binary masks: IoU, Dice, precision and recall of class 1 (the foreground) as flat keys."""
+    return {
+        f"foreground_{name}": float(result[f"per_category_{name}"][1])
+        for name in ("iou", "dice", "precision", "recall")
+    }
 
 
 #: (column title, per-class key, summary title, summary key) of the printed tables, mmseg's names.

@@ -13,6 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 
 from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
+from hfseg.models.binary import binary_id2label
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ def _label_kwargs(id2label: dict[int, str], ignore_index: int) -> dict:
 
 
 def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
-    """A semantic-segmentation model whose head has `len(id2label)` classes.
+    """A semantic-segmentation model whose head has `len(id2label)` classes (one logit with `--task binary`).
 
     With `model_type`, a random-init model from a config (no download); otherwise a checkpoint is loaded
     and a head of another size is replaced (`ignore_mismatched_sizes`).
     """
     overrides = _config_overrides(model_args)
+    if getattr(model_args, "task", "multiclass") == "binary":
+        id2label = binary_id2label(id2label)  # one sigmoid logit for the foreground
     labels = _label_kwargs(id2label, ignore_index)
     if model_args.model_type:
         if model_args.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:

@@ -13,6 +13,7 @@ from transformers import Trainer
 
 from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.evaluation.metrics import confusion_matrix
+from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import processor_input_size
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
@@ -137,7 +138,7 @@ class SegTrainer(Trainer):
         sizes = inputs.get("label_sizes")
         if sizes is None:
             sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
-        num_labels = model.config.num_labels
+        num_labels = max(model.config.num_labels, 2)
         pixel_sizes = inputs.get("pixel_sizes")
         loss_sum = torch.zeros((), device=labels.device)
         counted = 0
@@ -152,6 +153,8 @@ class SegTrainer(Trainer):
                 pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
             )
             for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+                if logits.shape[0] == 1:  # one sigmoid logit: scored as background/foreground at the threshold
+                    logits = binary_logits_as_two_classes(logits[None], getattr(self.args, "threshold", 0.5))[0]
                 label = label[:height, :width]
                 valid = int((label != self.ignore_index).sum())
                 if valid:

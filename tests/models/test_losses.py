@@ -73,13 +73,15 @@ def test_auxiliary_weight_and_errors():
     )
     with pytest.raises(HfsegError, match="class_weights has 2 values"):
         SegmentationLoss("ce", class_weights=[1.0, 2.0])(logits, labels)
-    with pytest.raises(HfsegError, match="unknown loss"):
-        SegmentationLoss("focal")
+    with pytest.raises(HfsegError, match="unknown loss 'hinge'"):
+        SegmentationLoss("ce:1,hinge:0.5")
 
 
 class _Args:
     loss, class_weights, class_weighting = "ce", None, "none"
     label_smoothing, dice_weight, aux_loss_weight = 0.0, 1.0, None
+    focal_gamma, focal_alpha, tversky_alpha, tversky_beta = 2.0, None, 0.3, 0.7
+    ohem_thresh, ohem_min_kept, pos_weight = 0.7, 100000, None
 
 
 def test_build_loss_counts_pixels_and_reads_aux_weight_from_config():
