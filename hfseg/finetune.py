@@ -22,7 +22,7 @@ from hfseg.data.determinism import seed_samples
 from hfseg.data.doctor import check_source
 from hfseg.data.preprocess import attach_transform, encode_pair
 from hfseg.data.transforms import TrainTransform
-from hfseg.errors import HfsegError, strip_debug, user_errors_exit
+from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
@@ -43,13 +43,15 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Checks that need nothing on disk come before the lock, which creates the output dir.
+    prepare_hub_push(training_args)  # the token stays out of saved files; no token or no Hub fails now
+    require_writable_dir(training_args.output_dir, "--output_dir")
     with lock_output_dir(training_args):  # one run per output dir; released however the run ends
         return run(model_args, data_args, training_args)
 
 
 def run(model_args, data_args, training_args) -> dict:
     """Train, evaluate and save one run into `training_args.output_dir` (which the caller holds locked)."""
-    prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
     resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir, writes nothing
 

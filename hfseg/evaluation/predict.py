@@ -97,7 +97,7 @@ def is_prediction(path: Path) -> bool:
     try:
         with Image.open(path) as image:
             return image.info.get(PREDICTION_TAG[0]) == PREDICTION_TAG[1]
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return False  # an unreadable file is an input: it is named when it is read
 
 
