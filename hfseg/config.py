@@ -1,7 +1,7 @@
 """Run configuration: dataclasses parsed by `HfArgumentParser`, with YAML recipes as defaults.
 
-`--recipe NAME|PATH` loads `recipes/NAME.yaml`; command-line flags override any field; the resolved
-configuration is written next to the outputs so a run can be repeated exactly.
+`--recipe NAME|PATH` loads `recipes/NAME.yaml` (shipped in the wheel as hfseg/recipes); command-line flags
+override any field; the resolved configuration is written next to the outputs so a run can be repeated exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from hfseg.errors import HfsegError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel carries the recipes as hfseg/recipes; a checkout keeps them, the source, at the top level.
+RECIPES_DIR = PACKAGE_DIR / "recipes" if (PACKAGE_DIR / "recipes").is_dir() else PACKAGE_DIR.parent / "recipes"
 RESOLVED_CONFIG_NAME = "hfseg_config.yaml"
 MAX_RECIPE_BYTES = 1 << 20  # shipped recipes are ~2 KB, a resolved hfseg_config.yaml ~5 KB
 
