@@ -26,6 +26,7 @@ from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, pre
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
 from hfseg.hub.card import write_model_card
+from hfseg.hub.network import hub_sources, require_hub_sources
 from hfseg.hub.push import prepare_hub_push, push_finished_run
 from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
 from hfseg.models.losses import build_loss, training_masks
@@ -40,6 +41,7 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    require_hub_sources(hub_sources(model_args, data_args), model_args.revision)  # every one that cannot load
     prepare_hub_push(training_args)  # the token stays out of saved files; no token fails now
     set_seed(training_args.seed)
     resume_from_checkpoint = prepare_output_dir(training_args)  # refuses another run's dir, writes nothing
