@@ -1,6 +1,8 @@
 """Fine-tune a semantic-segmentation model: parse -> data -> model -> SegTrainer -> train/eval/save.
 
-accelerate launch hfseg/finetune.py --recipe demo [--field value ...]
+hfseg finetune --recipe demo [--field value ...]               # wherever hfseg is installed
+accelerate launch -m hfseg.finetune --recipe demo [...]        # under accelerate, wherever hfseg is installed
+accelerate launch hfseg/finetune.py --recipe demo [...]        # the same from a clone of the repository
 """
 
 from __future__ import annotations
