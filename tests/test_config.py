@@ -63,19 +63,19 @@ def test_resolved_config_is_saved_and_reloadable(tmp_path):
 
 
 def alias_bomb(levels: int = 10, width: int = 9) -> str:
-    """A "billion laughs" recipe: level i holds `width` aliases of level i-1 (9**10 values once expanded)."""
-    lines = ['l0: &l0 ["lol"]']
+    """A "billion laughs" recipe inside a real field: level i holds `width` aliases of level i-1, so the 540-byte
+    file expands to 9**9 strings once the value is encoded (config_overrides becomes JSON)."""
+    lines = ["config_overrides:", '  l0: &l0 ["lol"]']
     for level in range(1, levels):
         aliases = ", ".join([f"*l{level - 1}"] * width)
-        lines.append(f"l{level}: &l{level} [{aliases}]")
-    lines.append(f"config_overrides: {{hidden_sizes: *l{levels - 1}}}")
+        lines.append(f"  l{level}: &l{level} [{aliases}]")
     return "\n".join(lines) + "\n"
 
 
 def test_alias_bomb_is_refused_before_expansion(tmp_path):
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text(alias_bomb())
-    with pytest.raises(HfsegError, match=r"bomb\.yaml line 1: YAML anchor '&l0' found; .*write each value out"):
+    with pytest.raises(HfsegError, match=r"bomb\.yaml line 2: YAML anchor '&l0' found; .*write each value out"):
         parse_args(["--recipe", str(recipe)])
 
 
