@@ -1,7 +1,7 @@
 """Run configuration: dataclasses parsed by `HfArgumentParser`, with YAML recipes as defaults.
 
-`--recipe NAME|PATH` loads `recipes/NAME.yaml`; command-line flags override any field; the resolved
-configuration is written next to the outputs so a run can be repeated exactly.
+`--recipe NAME|PATH` loads `recipes/NAME.yaml` (shipped in the wheel as hfseg/recipes); command-line flags
+override any field; the resolved configuration is written next to the outputs so a run can be repeated exactly.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from hfseg.errors import HfsegError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel carries the recipes as hfseg/recipes; a checkout keeps them, the source, at the top level.
+RECIPES_DIR = PACKAGE_DIR / "recipes" if (PACKAGE_DIR / "recipes").is_dir() else PACKAGE_DIR.parent / "recipes"
 RESOLVED_CONFIG_NAME = "hfseg_config.yaml"
+MAX_RECIPE_BYTES = 1 << 20  # shipped recipes are ~2 KB, a resolved hfseg_config.yaml ~5 KB
 
 
 @dataclass
@@ -343,16 +346,45 @@ def resolve_recipe_path(recipe: str) -> Path:
     return candidate
 
 
+def read_recipe_yaml(path: Path):
+    """Parse a recipe file as plain data: no anchors or aliases, at most `MAX_RECIPE_BYTES`.
+
+    Aliases are refused from the parser's event stream, before any node is built: nested aliases (a "billion
+    laughs" file) would otherwise expand to billions of values once the recipe is walked or encoded.
+    """
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise HfsegError(
+            f"{path} is {size} bytes, larger than any recipe ({MAX_RECIPE_BYTES} bytes at most); "
+            "pass a recipe file of field: value lines"
+        )
+    text = path.read_text()
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                kind = "alias '*" if isinstance(event, yaml.AliasEvent) else "anchor '&"
+                raise HfsegError(
+                    f"{path} line {event.start_mark.line + 1}: YAML {kind}{anchor}' found; recipes take no anchors "
+                    "or aliases: write each value out in full"
+                )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise HfsegError(f"{path} is not valid YAML: {error}") from None
+
+
 def load_recipe(recipe: str) -> dict:
     """Read a recipe YAML and check every key is a field of the argument dataclasses."""
     path = resolve_recipe_path(recipe)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise HfsegError(f"{path} is not valid YAML: {error}") from None
+    values = read_recipe_yaml(path) or {}
     if not isinstance(values, dict):
         raise HfsegError(f"{path} must be a mapping of field: value, found {type(values).__name__}")
     values.pop("recipe", None)  # a resolved config records the recipe it came from
+    if values.get("trust_remote_code"):
+        raise HfsegError(
+            f"recipe {path} sets trust_remote_code: {values['trust_remote_code']!r}, but a recipe cannot allow a "
+            "checkpoint's own Python code to run; remove the key and pass --trust_remote_code on the command line"
+        )
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:

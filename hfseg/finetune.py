@@ -1,6 +1,8 @@
 """Fine-tune a semantic-segmentation model: parse -> data -> model -> SegTrainer -> train/eval/save.
 
-accelerate launch hfseg/finetune.py --recipe demo [--field value ...]
+hfseg finetune --recipe demo [--field value ...]               # wherever hfseg is installed
+accelerate launch -m hfseg.finetune --recipe demo [...]        # under accelerate, wherever hfseg is installed
+accelerate launch hfseg/finetune.py --recipe demo [...]        # the same from a clone of the repository
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, pre
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.evaluation.visualize import save_prediction_grid, save_training_curves
 from hfseg.hub.card import write_model_card
+from hfseg.hub.network import hub_sources, require_hub_sources
 from hfseg.hub.push import prepare_hub_push, push_finished_run
 from hfseg.models.binary import check_binary_options, export_binary_head
 from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # Checks that need nothing on disk come before the lock, which creates the output dir.
+    require_hub_sources(hub_sources(model_args, data_args), model_args.revision)  # every one that cannot load
     prepare_hub_push(training_args)  # the token stays out of saved files; no token or no Hub fails now
     require_writable_dir(training_args.output_dir, "--output_dir")
     with lock_output_dir(training_args):  # one run per output dir; released however the run ends

@@ -60,3 +60,46 @@ def test_resolved_config_is_saved_and_reloadable(tmp_path):
     # the saved file is itself a valid recipe
     model_args, data_args, _ = parse_args(["--recipe", str(path)])
     assert data_args.crop_size == 128 and model_args.model_type == "segformer"
+
+
+def alias_bomb(levels: int = 10, width: int = 9) -> str:
+    """A "billion laughs" recipe inside a real field: level i holds `width` aliases of level i-1, so the 540-byte
+    file expands to 9**9 strings once the value is encoded (config_overrides becomes JSON)."""
+    lines = ["config_overrides:", '  l0: &l0 ["lol"]']
+    for level in range(1, levels):
+        aliases = ", ".join([f"*l{level - 1}"] * width)
+        lines.append(f"  l{level}: &l{level} [{aliases}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_before_expansion(tmp_path):
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(alias_bomb())
+    with pytest.raises(HfsegError, match=r"bomb\.yaml line 2: YAML anchor '&l0' found; .*write each value out"):
+        parse_args(["--recipe", str(recipe)])
+
+
+def test_alias_is_refused_with_its_line(tmp_path):
+    recipe = tmp_path / "alias.yaml"
+    recipe.write_text("dataset_name: synthetic\nscale_range: [0.5, 2.0]\nreference_source: *x\n")
+    with pytest.raises(HfsegError, match=r"alias\.yaml line 3: YAML alias '\*x' found"):
+        load_recipe(str(recipe))
+
+
+def test_oversized_recipe_is_refused_unread(tmp_path):
+    recipe = tmp_path / "huge.yaml"
+    recipe.write_text("# padding\n" * 200_000)
+    with pytest.raises(HfsegError, match=r"huge\.yaml is 2000000 bytes, larger than any recipe"):
+        load_recipe(str(recipe))
+
+
+def test_recipe_cannot_turn_on_remote_code(tmp_path):
+    recipe = tmp_path / "remote.yaml"
+    recipe.write_text("model_name_or_path: some/checkpoint\ntrust_remote_code: true\n")
+    with pytest.raises(HfsegError, match=r"remote\.yaml sets trust_remote_code: True.*--trust_remote_code on the"):
+        parse_args(["--recipe", str(recipe)])
+    recipe.write_text("model_name_or_path: some/checkpoint\ntrust_remote_code: false\n")
+    model_args, _, _ = parse_args(["--recipe", str(recipe), "--trust_remote_code", "--output_dir", str(tmp_path)])
+    assert model_args.trust_remote_code is True  # the command line still can
+    model_args, _, _ = parse_args(["--recipe", str(recipe), "--output_dir", str(tmp_path)])
+    assert model_args.trust_remote_code is False

@@ -97,7 +97,8 @@ def test_unknown_recipe_is_one_line_error_without_traceback(tmp_path):
 
 def test_hub_recipe_fails_fast_offline(tmp_path):
     """Without the Hub, segformer_ade explains how to point at local copies instead of a long traceback."""
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(ROOT / "hfseg" / "finetune.py"), "--recipe", "segformer_ade",
          "--output_dir", str(tmp_path / "out")],
@@ -105,7 +106,7 @@ def test_hub_recipe_fails_fast_offline(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "cannot reach the Hugging Face Hub" in result.stderr
-    assert "--model_name_or_path" in result.stderr and "--dataset_name" in result.stderr
+    assert "--dataset_name scene_parse_150 and --model_name_or_path nvidia/mit-b0" in result.stderr  # one message
     assert "Traceback" not in result.stderr
 
 

@@ -61,8 +61,14 @@ for segment in segmenter("image.jpg"):
 
 {{ hyperparameters_table }}
 
-The full resolved configuration is in `hfseg_config.yaml`; rerun it with
-`accelerate launch hfseg/finetune.py --recipe hfseg_config.yaml`.
+The full resolved configuration is in `hfseg_config.yaml`; rerun it wherever hfseg is installed
+(`pip install hfseg`) with
+
+```bash
+hfseg finetune --recipe hfseg_config.yaml                         # one process
+accelerate launch -m hfseg.finetune --recipe hfseg_config.yaml    # under accelerate (several GPUs or machines)
+accelerate launch hfseg/finetune.py --recipe hfseg_config.yaml    # the same from a clone of the hfseg repository
+```
 
 ## Limitations
 

@@ -32,19 +32,15 @@ def is_local(path_or_id: str) -> bool:
     return Path(path_or_id).expanduser().exists()
 
 
-def require_hub(what: str, name: str) -> None:
-    """Raise a one-paragraph `HfsegError` when `name` must come from the Hub and the Hub is unreachable.
+def require_hub(flag: str, name: str) -> None:
+    """Raise a one-paragraph `HfsegError` when `name` (given as `flag`) must come from the Hub and the Hub is
+    unreachable.
 
     With HF_HUB_OFFLINE=1 nothing is checked: the libraries then read their caches only.
     """
     if is_local(name) or hub_offline() or hub_reachable():
         return
-    raise HfsegError(
-        f"cannot reach the Hugging Face Hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) to load "
-        f"{what} '{name}'. Point --model_name_or_path at a local checkpoint directory and --dataset_name at a "
-        "local datasets folder (or --data_dir DIR --layout NAME for data in its native layout); if the files are "
-        "already in the Hugging Face cache, set HF_HUB_OFFLINE=1 to use them."
-    )
+    raise HfsegError(_unavailable_message([(flag, name)]))
 
 
 def require_hub_for_push(flag: str) -> None:
@@ -62,3 +58,78 @@ def require_hub_for_push(flag: str) -> None:
         "or restore the connection, or train without --push_to_hub and publish the run later with "
         "`hfseg push OUTPUT_DIR --repo_id NAME/MODEL`."
     )
+
+
+def hub_sources(model_args, data_args) -> list[tuple[str, str]]:
+    """(flag, Hub id) of every source a finetune run would load from the Hub, in the order it loads them."""
+    sources = []
+    if data_args.dataset_name not in (None, "", "synthetic") and not (data_args.data_dir and data_args.layout):
+        sources.append(("--dataset_name", data_args.dataset_name))
+    if model_args.model_type:
+        sources.append(("--backbone_name_or_path", getattr(model_args, "backbone_name_or_path", None)))
+    else:
+        sources.append(("--model_name_or_path", model_args.model_name_or_path))
+    return [(flag, name) for flag, name in sources if name and not is_local(name) and _is_repo_id(name)]
+
+
+def _is_repo_id(name: str) -> bool:
+    """`org/name` or `name`; a path that does not exist (`/data/x`, `./x`) is left to its loader's message."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def require_hub_sources(sources: list[tuple[str, str]], revision: str = "main") -> None:
+    """Before anything loads: one `HfsegError` naming every (flag, Hub id) in `sources` that cannot load, with
+    the local alternative for each: all of them when the Hub is unreachable, those not in the Hugging Face cache
+    with HF_HUB_OFFLINE=1."""
+    if not sources:
+        return
+    if hub_offline():
+        missing = [(flag, name) for flag, name in sources if not _in_cache(flag, name, revision)]
+    else:
+        missing = [] if hub_reachable() else sources
+    if missing:
+        raise HfsegError(_unavailable_message(missing))
+
+
+def _in_cache(flag: str, name: str, revision: str) -> bool:
+    """Whether the libraries can load `name` offline: a model's config.json in the Hub cache; a data set in
+    datasets' own cache (what `load_dataset` falls back to with HF_HUB_OFFLINE=1)."""
+    if flag == "--dataset_name":
+        from datasets.load import CachedDatasetModuleFactory
+
+        if name.count("/") > 1:
+            return False
+        try:
+            CachedDatasetModuleFactory(name).get_module()
+        except FileNotFoundError:
+            return False
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+
+
+def _unavailable_message(missing: list[tuple[str, str]]) -> str:
+    named = " and ".join(f"{flag} {name}" for flag, name in missing)
+    fixes = [
+        "--data_dir DIR --layout NAME (data in its native layout) or --dataset_name a local datasets folder"
+        if flag == "--dataset_name"
+        else f"{flag} a local checkpoint directory"
+        for flag, _ in missing
+    ]
+    if hub_offline():
+        reason, last = (
+            "not in the Hugging Face cache and HF_HUB_OFFLINE=1 is set",
+            "or unset HF_HUB_OFFLINE once online",
+        )
+    else:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        reason = f"cannot reach the Hugging Face Hub ({endpoint})"
+        last = "or, if the files are already in the Hugging Face cache, set HF_HUB_OFFLINE=1 to use them"
+    return f"cannot load {named}: {reason}. Pass {'; and '.join(fixes)}; {last}."

@@ -91,7 +91,7 @@ def segmentation_config(name: str, flag: str, kwargs: dict, fix: str):
         HfsegError: offline for a Hub id, no readable config (the message names `flag` and gives `fix`), or a
             model type with no semantic-segmentation class.
     """
-    require_hub("model", name)
+    require_hub(flag, name)
     try:
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
@@ -116,7 +116,7 @@ def _pretrained_backbone(model_args, overrides: dict):
         )
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-    require_hub("backbone", name)
+    require_hub("--backbone_name_or_path", name)
     requested = dict(overrides.get("backbone_config") or {})  # e.g. drop_path_rate, out_features
     requested_type = requested.pop("model_type", None)
     out_features = requested.pop("out_features", None) or [f"stage{i}" for i in range(1, 5)]

@@ -384,9 +384,23 @@ def check_saved_model(path: str | Path, flag: str = "--model") -> None:
 # --- atomic writes ---
 
 
-def _fsync_tree(path: Path) -> None:
+def current_umask() -> int:
+    """The process umask (os has no getter: set it and put it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _settle_tree(path: Path) -> None:
+    """Give every file under `path` the mode the umask allows, then flush it to disk.
+
+    safetensors writes `model.safetensors` through a private temp file (mode 0600) that it renames into place;
+    every other file Trainer writes gets 0666 & ~umask, and so must the weights, or nobody else can load them.
+    """
+    mode = 0o666 & ~current_umask()
     for file in path.rglob("*"):
         if file.is_file():
+            os.chmod(file, mode)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
 
@@ -483,7 +497,7 @@ def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> None:
         if trainer.args.should_save:
             _fix_best_checkpoint(trainer, run_dir, staged)
             scrub_tokens(staged, trainer.args)
-            _fsync_tree(staged)
+            _settle_tree(staged)
             if final.exists():  # the same step saved again: the new one wins
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -527,7 +541,7 @@ def save_final_model(trainer, output_dir: str | Path | None = None) -> None:
         trainer.save_model(str(temp), _internal_call=True)  # no Hub push from the temp dir
         if trainer.args.should_save:
             scrub_tokens(temp, trainer.args)
-            _fsync_tree(temp)
+            _settle_tree(temp)
             for file in temp.iterdir():
                 os.replace(file, output_dir / file.name)
             _fsync_dir(output_dir)

@@ -69,6 +69,9 @@ def test_card_round_trips_metrics_through_model_index(tmp_path):
     assert "![predictions](predictions.png)" in body
     assert 'pipeline("image-segmentation", model="me/tiny-seg")' in body
     assert "- learning_rate: 6e-05" in body and "recipe `segformer_ade`" in body
+    # the rerun commands that work wherever hfseg is installed, beside the repository's script path
+    assert "hfseg finetune --recipe hfseg_config.yaml" in body
+    assert "accelerate launch -m hfseg.finetune --recipe hfseg_config.yaml" in body
     assert "Weakest classes on the evaluation set (IoU): `car` (0.1235), `road` (0.9000)." in body
 
 

@@ -218,6 +218,35 @@ def test_finished_run_is_complete_atomic_and_holds_no_token(tmp_path):
             assert token.encode() not in path.read_bytes(), f"the Hub token leaked into {path}"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["umask022", "umask002"])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    """safetensors writes the weights through a 0600 temp file: the final model and checkpoints must still get
+    0666 & ~umask, like every other file of the run."""
+    from conftest import tiny_model
+
+    from hfseg.config import SegTrainingArguments
+    from hfseg.training.checkpoints import save_final_model
+    from hfseg.training.trainer import SegTrainer
+
+    args = SegTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, eval_strategy="no", save_strategy="no"
+    )
+    trainer = SegTrainer(model=tiny_model(), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    previous = os.umask(umask)
+    try:
+        save_final_model(trainer)
+        trainer.state.global_step = 1
+        trainer._save_checkpoint(trainer.model, trial=None)
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert tmp_path / "model.safetensors" in files and tmp_path / "checkpoint-1" / "model.safetensors" in files
+    modes = {path.relative_to(tmp_path).as_posix(): oct(path.stat().st_mode & 0o777) for path in files}
+    assert modes == dict.fromkeys(modes, oct(expected))
+
+
 def test_tools_refuse_an_unfinished_output_dir(tmp_path):
     from hfseg.training.checkpoints import check_output_complete
 

@@ -50,7 +50,7 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
     elif path.is_dir():
         dataset = load_dataset(str(path), streaming=streaming)
     else:
-        require_hub("dataset", name)
+        require_hub("--dataset_name", name)
         on_hub = True
         try:
             dataset = _load_hub_dataset(name, data_args.dataset_config_name or known.get("config"), streaming)
