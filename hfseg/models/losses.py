@@ -105,6 +105,28 @@ class SegmentationLoss(nn.Module):
             loss = loss + self.aux_loss_weight * self._single(auxiliary_logits, labels)
         return loss
 
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`F.cross_entropy`'s weighted mean, as a sum over a denominator that never leaves the device.
+
+        An all-ignored crop gives a zero sum over a zero denominator: the loss is 0 with a graph that still reaches
+        every parameter (DDP needs it), and no `if` on a device tensor forces a host sync every step.
+        """
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        summed = F.cross_entropy(
+            logits,
+            labels,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
+        valid = labels != self.ignore_index
+        if weight is None:
+            denominator = valid.sum().to(summed.dtype)
+        else:
+            denominator = (weight[labels.clamp(0, logits.shape[1] - 1)] * valid).sum()
+        return summed / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
     def _single(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.class_weights is not None:
             check_class_weights(self.class_weights.numel(), logits.shape[1])
@@ -113,13 +135,7 @@ class SegmentationLoss(nn.Module):
         logits = logits.float()
         total = logits.new_zeros(())
         if self.loss in ("ce", "ce_dice"):
-            weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-            if (labels != self.ignore_index).any():
-                total = total + F.cross_entropy(
-                    logits, labels, weight=weight, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
-                )
-            else:  # an all-ignored crop: zero loss that still reaches every parameter (DDP needs the graph)
-                total = total + logits.sum() * 0.0
+            total = total + self._cross_entropy(logits, labels)
         if self.loss in ("dice", "ce_dice"):
             scale = self.dice_weight if self.loss == "ce_dice" else 1.0
             total = total + scale * dice_loss(logits, labels, self.ignore_index)

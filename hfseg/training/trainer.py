@@ -16,7 +16,7 @@ from hfseg.evaluation.metrics import confusion_matrix
 from hfseg.models.build import processor_input_size
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
-from hfseg.training.interrupts import check_finite_loss
+from hfseg.training.interrupts import StopOnNonFiniteLoss, current_learning_rate
 
 
 class SegTrainer(Trainer):
@@ -47,6 +47,8 @@ class SegTrainer(Trainer):
             inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
         self.inference_options = inference_options
         self.loss_fn = loss_fn
+        self.loss_guard = StopOnNonFiniteLoss()
+        self.add_callback(self.loss_guard)
         self._auxiliary_logits = None
         if loss_fn is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
@@ -70,8 +72,9 @@ class SegTrainer(Trainer):
             loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
             self._auxiliary_logits = None
             result = (loss, outputs) if return_outputs else loss
-        if model.training:
-            check_finite_loss(result[0] if return_outputs else result, self)
+        if model.training:  # checked at logging/saving steps: a check here would sync the device every step
+            loss = result[0] if return_outputs else result
+            self.loss_guard.record(loss, self.state.global_step + 1, current_learning_rate(self))
         return result
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -105,7 +108,8 @@ class SegTrainer(Trainer):
         return self.optimizer
 
     def _save_checkpoint(self, model, trial):
-        """Checkpoints are written to a staging dir and renamed into place when complete."""
+        """Checkpoints are written to a staging dir and renamed into place when complete; never after a NaN loss."""
+        self.loss_guard.check(self.args.output_dir)
         save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     def _get_output_dir(self, trial):
