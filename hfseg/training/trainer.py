@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
-from hfseg.evaluation.metrics import confusion_matrix
+from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.build import processor_input_size
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
@@ -46,6 +46,8 @@ class SegTrainer(Trainer):
             input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
             inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
         self.inference_options = inference_options
+        if getattr(self.args, "channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
         self.loss_guard = StopOnNonFiniteLoss()
         self.add_callback(self.loss_guard)
@@ -68,7 +70,7 @@ class SegTrainer(Trainer):
         else:
             labels = inputs.pop("labels")
             self._auxiliary_logits = None
-            outputs = model(**inputs)
+            outputs = model(**{**inputs, "pixel_values": self._pixel_values(inputs)})
             loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
             self._auxiliary_logits = None
             result = (loss, outputs) if return_outputs else loss
@@ -127,40 +129,55 @@ class SegTrainer(Trainer):
         load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
+        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,)), all on the device.
+
+        The sizes are read once per batch; per sample nothing leaves the device. With `args.eval_bf16` the forward
+        passes run under bfloat16 autocast and the logits are scored in fp32.
+        """
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
         sizes = inputs.get("label_sizes")
-        if sizes is None:
-            sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
-        num_labels = model.config.num_labels
+        sizes = [tuple(labels.shape[-2:])] * labels.shape[0] if sizes is None else sizes.tolist()
         pixel_sizes = inputs.get("pixel_sizes")
+        num_labels = model.config.num_labels
         loss_sum = torch.zeros((), device=labels.device)
-        counted = 0
+        counted = torch.zeros((), dtype=torch.int64, device=labels.device)
+        out_of_range = torch.zeros((), dtype=torch.int64, device=labels.device)
         confusions = []
-        with torch.no_grad(), self.compute_loss_context_manager():
+        autocast = torch.autocast(
+            labels.device.type, dtype=torch.bfloat16, enabled=getattr(self.args, "eval_bf16", False)
+        )
+        with torch.no_grad(), self.compute_loss_context_manager(), autocast:
             # One sample's full-resolution logits at a time: upsample, score, drop.
             per_sample = iter_logits_at_sizes(
                 model,
-                inputs["pixel_values"],
-                sizes.tolist(),
+                self._pixel_values(inputs),
+                sizes,
                 options=self.inference_options,
                 pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
             )
-            for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+            for logits, label, (height, width) in zip(per_sample, labels, sizes, strict=True):
                 label = label[:height, :width]
-                valid = int((label != self.ignore_index).sum())
-                if valid:
-                    loss_sum += F.cross_entropy(
-                        logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
-                    )
-                    counted += valid
-                confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+                logits = logits.float()
+                loss_sum += F.cross_entropy(logits[None], label[None], ignore_index=self.ignore_index, reduction="sum")
+                counted += (label != self.ignore_index).sum()
+                confusion, bad = confusion_and_out_of_range(logits.argmax(0), label, num_labels, self.ignore_index)
+                confusions.append(confusion)
+                out_of_range += bad
                 del logits  # before the generator upsamples the next sample
-        loss = (loss_sum / max(counted, 1)).detach()
+        if out_of_range:  # one read per batch
+            check_label_range(labels, num_labels, self.ignore_index)
+        loss = (loss_sum / counted.clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
         return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)
+
+    def _pixel_values(self, inputs) -> torch.Tensor:
+        """The batch's images, channels-last when `args.channels_last` (the model's weights are too)."""
+        pixel_values = inputs["pixel_values"]
+        if getattr(self.args, "channels_last", False):
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save without Trainer's own push: with `--push_to_hub`, hfseg pushes once the card, eval results and

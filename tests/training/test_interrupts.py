@@ -9,49 +9,20 @@ from transformers import TrainerControl
 from hfseg.models.losses import SegmentationLoss
 from hfseg.training.interrupts import NonFiniteLoss, StopOnNonFiniteLoss
 
-#: Tensor methods that copy a value to the host, i.e. wait for the device.
-HOST_READS = {
-    torch.Tensor.item,
-    torch.Tensor.__bool__,
-    torch.Tensor.__int__,
-    torch.Tensor.__float__,
-    torch.Tensor.tolist,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-}
 
-
-class HostReadCounting(torch.Tensor):
-    """A tensor whose results remember every read of a value on the host (a device sync on a GPU)."""
-
-    reads: list[str] = []
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in HOST_READS:
-            cls.reads.append(func.__name__)
-        return super().__torch_function__(func, types, args, kwargs or {})
-
-
-@pytest.fixture
-def counting():
-    HostReadCounting.reads = []
-    return HostReadCounting
-
-
-def test_loss_and_guard_read_nothing_on_the_host_per_step(counting):
+def test_loss_and_guard_read_nothing_on_the_host_per_step(host_reads):
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
     guard = StopOnNonFiniteLoss()
     for labels in (torch.randint(0, 3, (2, 8, 8)), torch.full((2, 8, 8), 255)):  # the second crop is all ignored
         for loss_fn in (SegmentationLoss("ce_dice"), SegmentationLoss("ce", class_weights=[0.5, 1.0, 2.0])):
-            loss = loss_fn(logits.as_subclass(counting), labels.as_subclass(counting))
+            loss = loss_fn(logits.as_subclass(host_reads), labels.as_subclass(host_reads))
             guard.record(loss, step=1, learning_rate=0.1)
-    assert counting.reads == []
+    assert host_reads.reads == []
     assert float(loss.detach()) == 0.0 and loss.requires_grad  # all ignored: zero loss with a graph
-    counting.reads.clear()
+    host_reads.reads.clear()
     guard.check("unused")  # finite so far: no error
-    assert counting.reads == ["__int__"]  # one read, at the check
+    assert host_reads.reads == ["__int__"]  # one read, at the check
 
 
 def test_guard_raises_at_the_next_log_step_naming_the_first_bad_step(tmp_path):

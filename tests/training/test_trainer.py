@@ -25,12 +25,13 @@ def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, mode
     args = SegTrainingArguments(
         output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True, eval_strategy="no"
     )
+    trainer_metrics = TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL)
     trainer = SegTrainer(
         model=model,
         args=args,
         eval_dataset=eval_dataset,
         data_collator=functools.partial(collate_segmentation, ignore_index=255),
-        compute_metrics=TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL),
+        compute_metrics=trainer_metrics,
     )
     metrics = trainer.evaluate()
 
@@ -43,6 +44,7 @@ def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, mode
             sizes.add(tuple(labels.shape))
             expected.update(upsample_logits(logits, tuple(labels.shape)).argmax(1), labels[None])
     assert len(sizes) > 1, "the test needs images of different sizes in one batch"
+    assert torch.equal(trainer_metrics.last_confusion, expected.confusion)  # exact: the same pixels, the same counts
     direct = expected.compute()
     assert metrics["eval_mean_iou"] == pytest.approx(direct["mean_iou"], nan_ok=True)
     assert metrics["eval_overall_accuracy"] == pytest.approx(direct["overall_accuracy"])
