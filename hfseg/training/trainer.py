@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from hfseg.errors import HfsegError
 from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.build import processor_input_size
@@ -40,6 +41,11 @@ class SegTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.args.gradient_checkpointing and not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise HfsegError(
+                f"--gradient_checkpointing: {type(self.model).__name__} does not support it in transformers; drop the "
+                "flag (SegFormer, BEiT, DPT, DINOv2, Swin and MobileViT models do)"
+            )
         self.ignore_index = ignore_index
         self._staging_run_dir = None
         if inference_options is None:

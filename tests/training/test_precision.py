@@ -15,6 +15,7 @@ from hfseg.data.labels import LabelSpec
 from hfseg.data.preprocess import attach_transform
 from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 from hfseg.data.transforms import EvalTransform
+from hfseg.errors import HfsegError
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.models.losses import SegmentationLoss
 from hfseg.training.trainer import SegTrainer
@@ -123,3 +124,9 @@ def test_eval_fp32_is_exact_and_bf16_close(tiny_synthetic, tmp_path, fp32_run):
     assert fp32.sum() == bf16.sum()  # the same labelled pixels
     agreement = 1 - (bf16 - fp32).abs().sum() / (2 * fp32.sum())
     assert agreement >= 0.9
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_user_error(tmp_path):
+    args = SegTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, gradient_checkpointing=True)
+    with pytest.raises(HfsegError, match="--gradient_checkpointing: UperNetForSemanticSegmentation does not support"):
+        SegTrainer(model=tiny_model("upernet"), args=args)
