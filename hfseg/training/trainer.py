@@ -165,8 +165,12 @@ class SegTrainer(Trainer):
             for logits, label, (height, width) in zip(per_sample, labels, sizes, strict=True):
                 label = label[:height, :width]
                 logits = logits.float()
-                loss_sum += F.cross_entropy(logits[None], label[None], ignore_index=self.ignore_index, reduction="sum")
-                counted += (label != self.ignore_index).sum()
+                # Out-of-range labels are reported below; scored as ignored so no kernel asserts on them first.
+                scored = torch.where((label >= 0) & (label < num_labels), label, self.ignore_index)
+                loss_sum += F.cross_entropy(
+                    logits[None], scored[None], ignore_index=self.ignore_index, reduction="sum"
+                )
+                counted += (scored != self.ignore_index).sum()
                 confusion, bad = confusion_and_out_of_range(logits.argmax(0), label, num_labels, self.ignore_index)
                 confusions.append(confusion)
                 out_of_range += bad

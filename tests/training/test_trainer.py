@@ -81,3 +81,20 @@ def test_training_loss_ignores_label_sizes_key(tiny_synthetic, tmp_path):
     result = trainer.train()
     assert result.global_step == 2
     assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_eval_reports_an_out_of_range_label_by_value(tmp_path):
+    model = tiny_model("segformer", num_labels=5).eval()
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[3, 4] = 9
+    samples = [{"pixel_values": torch.zeros(3, 64, 64), "labels": labels}] * 2
+    args = SegTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    trainer = SegTrainer(
+        model=model,
+        args=args,
+        eval_dataset=samples,
+        data_collator=functools.partial(collate_segmentation, ignore_index=255),
+        compute_metrics=TrainerSegmentationMetrics({i: str(i) for i in range(5)}),
+    )
+    with pytest.raises(ValueError, match=r"labels contain values \[9\] outside 0..4"):
+        trainer.evaluate()
