@@ -98,7 +98,7 @@ def test_torch_compile_inductor_trains_like_eager(tiny_synthetic, tmp_path, fp32
     assert metrics["eval_overall_accuracy"] == pytest.approx(fp32_metrics["eval_overall_accuracy"], abs=0.01)
 
 
-def test_eval_fp32_is_exact_and_bf16_close(tiny_synthetic, tmp_path, fp32_run):
+def test_eval_fp32_is_exact_and_bf16_close(tiny_synthetic, tmp_path):
     """The on-device evaluation path scores exactly what a direct fp32 computation does (the trainer tests check
     that); bf16 evaluation of the same weights agrees on nearly every pixel."""
     torch.manual_seed(0)
@@ -127,6 +127,8 @@ def test_eval_fp32_is_exact_and_bf16_close(tiny_synthetic, tmp_path, fp32_run):
 
 
 def test_gradient_checkpointing_on_a_model_without_it_is_a_user_error(tmp_path):
-    args = SegTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, gradient_checkpointing=True)
+    args = SegTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, eval_strategy="no", gradient_checkpointing=True
+    )
     with pytest.raises(HfsegError, match="--gradient_checkpointing: UperNetForSemanticSegmentation does not support"):
         SegTrainer(model=tiny_model("upernet"), args=args)
