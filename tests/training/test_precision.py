@@ -20,8 +20,8 @@ from hfseg.evaluation.metrics import TrainerSegmentationMetrics
 from hfseg.models.losses import SegmentationLoss
 from hfseg.training.trainer import SegTrainer
 
-#: bf16 keeps 8 bits of mantissa: a few steps of a tiny model move its pixel accuracy by at most this much.
-BF16_ACCURACY_TOLERANCE = 0.1
+#: bf16 keeps 8 bits of mantissa; observed on CPU: pixel accuracy 0.6741 vs fp32 0.6759, loss 1.61799 vs 1.61816.
+BF16_ACCURACY_TOLERANCE = 0.03
 
 
 def train_and_evaluate(tiny_synthetic, tmp_path, model_type="segformer", **options):
@@ -68,7 +68,7 @@ def fp32_run(tiny_synthetic, tmp_path_factory):
 def test_bf16_autocast_trains_within_tolerance_of_fp32(tiny_synthetic, tmp_path, fp32_run):
     fp32_loss, fp32_metrics, _ = fp32_run
     loss, metrics, _ = train_and_evaluate(tiny_synthetic, tmp_path, bf16=True)
-    assert torch.isfinite(torch.tensor(loss)) and loss == pytest.approx(fp32_loss, rel=0.05)
+    assert torch.isfinite(torch.tensor(loss)) and loss == pytest.approx(fp32_loss, rel=0.01)
     accuracy, fp32_accuracy = metrics["eval_overall_accuracy"], fp32_metrics["eval_overall_accuracy"]
     assert abs(accuracy - fp32_accuracy) <= BF16_ACCURACY_TOLERANCE
 
