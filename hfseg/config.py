@@ -218,6 +218,21 @@ class SegTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Trainer's NaN/inf filter of logged losses; off because it syncs the device every step and a "
+            "NaN/inf loss stops an hfseg run anyway."
+        },
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Channels-last memory format for model and images (faster convolutions on GPUs)."},
+    )
+    eval_bf16: bool = field(
+        default=False,
+        metadata={"help": "Evaluate under bfloat16 autocast (weights stay fp32; logits are scored in fp32)."},
+    )
     # --- evaluation (issue 6) ---
     eval_mode: str = field(
         default="whole",

@@ -154,3 +154,31 @@ def saved_tiny_model(tmp_path_factory):
     from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model"), SYNTHETIC_ID2LABEL)
+
+
+@pytest.fixture
+def host_reads():
+    """A tensor class: `t.as_subclass(host_reads)` gives a tensor whose results log every read of a value on the
+    host (a device sync on a GPU: `.item()`, `bool()`, `int()`, `.tolist()`, `.cpu()` ...) in `host_reads.reads`."""
+    import torch
+
+    reads_on_host = {
+        torch.Tensor.item,
+        torch.Tensor.__bool__,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.tolist,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+    }
+
+    class Counting(torch.Tensor):
+        reads: list[str] = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func in reads_on_host:
+                cls.reads.append(func.__name__)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    return Counting

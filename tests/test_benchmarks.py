@@ -150,3 +150,15 @@ def test_inference_quick(tmp_path):
     assert "whole" in document["modes"]
     for result in document["results"]:
         assert result["images"] == 4 and result["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_quick(tmp_path):
+    document = run_quick("gpu", tmp_path)
+    assert [result["kind"] for result in document["results"]] == ["train", "inference", "eval_memory"]
+    rows = [row for result in document["results"] for row in result["rows"]]
+    assert rows and all("error" not in row and "skipped" not in row for row in rows), rows
+    train = [row for row in rows if "method" in row]
+    assert {row["method"] for row in train} == {"ours", "bare"} and all(row["images_per_s"] > 0 for row in train)
+    assert {row["mode"] for row in rows if "mode" in row} == {"whole", "slide"}
+    assert document["anchors"]["mmsegmentation_ade20k_fps_v100"]["segformer-b0"] == 51.3

@@ -242,6 +242,16 @@ def test_nan_loss_stops_with_step_and_learning_rate(capsys, tmp_path):
     assert "lower --learning_rate" in line
 
 
+def test_nan_loss_between_log_steps_stops_before_a_checkpoint(capsys, tmp_path):
+    args = tiny_run_args(
+        tmp_path / "out", "--optim", "sgd", "--learning_rate", "1e30", "--max_grad_norm", "0",
+        "--lr_scheduler_type", "constant", "--logging_steps", "50", "--save_strategy", "steps", "--save_steps", "3",
+    )  # fmt: skip
+    line = run_main(capsys, args)
+    assert re.search(r"training loss is (nan|inf) at step [23] \(learning rate 1e\+30\)", line), line
+    assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_no_space_left_on_save_keeps_earlier_checkpoint(capsys, tmp_path, monkeypatch):
     import transformers.modeling_utils

@@ -31,25 +31,58 @@ def confusion_matrix(
             a prediction outside 0..num_labels-1 at a labelled pixel (`evaluate` and mmseg would drop such a
             pixel's prediction from the predicted areas; clamping it into a class would count a wrong pixel).
     """
+    confusion, out_of_range = confusion_and_out_of_range(preds, labels, num_labels, ignore_index)
+    if out_of_range:
+        check_label_range(labels, num_labels, ignore_index, preds)
+    return confusion
+
+
+def confusion_and_out_of_range(
+    preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`confusion_matrix` without its check, and without any host sync (no boolean indexing, no `bincount`,
+    whose CUDA kernel reads its maximum on the host): what evaluation runs once per sample.
+
+    Returns:
+        (num_labels, num_labels) int64 confusion and the () int64 count of labelled pixels whose label or
+        prediction is outside 0..num_labels-1 (not counted in the matrix; pass both to `check_label_range` when
+        non-zero, which names the values).
+    """
     if preds.shape != labels.shape:
         raise ValueError(f"predictions {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
     labels = labels.reshape(-1).long()
     preds = preds.reshape(-1).long().to(labels.device)
-    keep = (labels != ignore_index) & (labels != TRAINER_PAD_INDEX)
-    labels, preds = labels[keep], preds[keep]
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
-        bad = labels[(labels < 0) | (labels >= num_labels)].unique()[:5].tolist()
+    labelled = (labels != ignore_index) & (labels != TRAINER_PAD_INDEX)
+    in_range = (labels >= 0) & (labels < num_labels) & (preds >= 0) & (preds < num_labels)
+    cells = num_labels * num_labels
+    index = torch.where(labelled & in_range, labels * num_labels + preds, cells)  # the last bin is dropped
+    counts = torch.zeros(cells + 1, dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
+    return counts[:cells].reshape(num_labels, num_labels), (labelled & ~in_range).sum()
+
+
+def check_label_range(
+    labels: torch.Tensor, num_labels: int, ignore_index: int = 255, preds: torch.Tensor | None = None
+) -> None:
+    """Raise ValueError naming the label values that are neither class ids nor ignore values, then (with `preds`)
+    the predicted values outside 0..num_labels-1 at labelled pixels."""
+    labels = labels.reshape(-1).long()
+    labelled = (labels != ignore_index) & (labels != TRAINER_PAD_INDEX)
+    bad = labels[labelled & ((labels < 0) | (labels >= num_labels))].unique()[:5].tolist()
+    if bad:
         raise ValueError(
             f"labels contain values {bad} outside 0..{num_labels - 1} that are not ignore_index={ignore_index}; "
             "check reduce_labels / label_map for this data set"
         )
-    if preds.numel() and (preds.min() < 0 or preds.max() >= num_labels):
-        bad = preds[(preds < 0) | (preds >= num_labels)].unique()[:5].tolist()
+    if preds is None:
+        return
+    preds = preds.reshape(-1).long().to(labels.device)[labelled]
+    bad = preds[(preds < 0) | (preds >= num_labels)].unique()[:5].tolist()
+    if bad:
         raise ValueError(
             f"predictions contain class ids {bad} outside 0..{num_labels - 1} at labelled pixels; "
             f"the model predicts more classes than num_labels={num_labels}, or the predictions are not class ids"
         )
-    return torch.bincount(labels * num_labels + preds, minlength=num_labels**2).reshape(num_labels, num_labels)
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -170,7 +203,9 @@ class StreamingSegmentationMetric:
 
     def update_confusion(self, confusion: torch.Tensor) -> None:
         """Add a precomputed (C, C) or per-sample (B, C, C) confusion matrix."""
-        confusion = torch.as_tensor(confusion).to(torch.int64).cpu()
+        confusion = torch.as_tensor(confusion).to(torch.int64)
+        if self.confusion.device != confusion.device:  # accumulate where the batches are: no copy per batch
+            self.confusion = self.confusion.to(confusion.device)
         self.confusion += confusion.reshape(-1, self.num_labels, self.num_labels).sum(0)
 
     def compute(self) -> dict[str, float | np.ndarray]:
@@ -219,7 +254,7 @@ class TrainerSegmentationMetrics:
         if not compute_result:
             return None
         result = self.metric.compute()
-        self.last_confusion = self.metric.confusion.clone()
+        self.last_confusion = self.metric.confusion.clone().cpu()
         self.metric.reset()
         flat = flatten_metrics(result, self.id2label)
         return {**flat, **foreground_metrics(result)} if self.foreground else flat

@@ -111,22 +111,62 @@ def train(trainer, resume_from_checkpoint: str | None = None):
     return result
 
 
-def check_finite_loss(loss: torch.Tensor, trainer) -> None:
-    """Stop the run when the training loss is NaN/inf, naming the step and the learning rate."""
-    if torch.isfinite(loss.detach()).all():
-        return
-    value = "nan" if torch.isnan(loss.detach()).any() else "inf"
-    step = trainer.state.global_step + 1
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stops the run when a training loss is NaN/inf, naming the step and the learning rate.
+
+    `record` runs every step and only updates flags on the loss's device (no host sync); `check` reads them,
+    at the steps where the Trainer logs, evaluates, saves or stops (it reads the loss then anyway) and before
+    every checkpoint, so a run never saves weights trained on garbage.
+    """
+
+    def __init__(self):
+        self._step: torch.Tensor | None = None  # first bad step, -1 while all losses are finite
+        self._learning_rate: torch.Tensor | None = None
+        self._is_nan: torch.Tensor | None = None
+
+    def record(self, loss: torch.Tensor, step: int, learning_rate: float) -> None:
+        """Remember the first step whose loss is not finite; device ops only."""
+        loss = loss.detach()
+        if self._step is None:
+            self._step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._learning_rate = torch.zeros((), dtype=torch.float32, device=loss.device)
+            self._is_nan = torch.zeros((), dtype=torch.bool, device=loss.device)
+        first = (self._step < 0) & ~torch.isfinite(loss).all()
+        self._step = torch.where(first, step, self._step)
+        self._learning_rate = torch.where(first, learning_rate, self._learning_rate)
+        self._is_nan = torch.where(first, torch.isnan(loss).any(), self._is_nan)
+
+    def check(self, output_dir: str) -> None:
+        """Raise `NonFiniteLoss` if a recorded loss was NaN/inf (one host sync)."""
+        if self._step is None:
+            return
+        step = int(self._step)
+        if step < 0:
+            return
+        value = "nan" if bool(self._is_nan) else "inf"
+        where = last_good_checkpoint(output_dir, step - 1)  # checkpoint-(step - 1) holds the weights of `step`
+        raise NonFiniteLoss(
+            f"training loss is {value} at step {step} (learning rate {float(self._learning_rate):.3g}), stopped "
+            "before training on garbage; lower --learning_rate (or add --warmup_steps / --max_grad_norm 1.0) and "
+            f"check that the labels fit num_labels and --ignore_index{where}"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.check(args.output_dir)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.check(args.output_dir)
+        return control
+
+
+def current_learning_rate(trainer) -> float:
+    """The scheduler's last learning rate (of the first parameter group), else `args.learning_rate`."""
     try:
-        learning_rate = trainer.lr_scheduler.get_last_lr()[0]
+        return float(trainer.lr_scheduler.get_last_lr()[0])
     except (AttributeError, AssertionError, IndexError):
-        learning_rate = trainer.args.learning_rate
-    where = last_good_checkpoint(trainer.args.output_dir, trainer.state.global_step)
-    raise NonFiniteLoss(
-        f"training loss is {value} at step {step} (learning rate {learning_rate:.3g}), stopped before training on "
-        "garbage; lower --learning_rate (or add --warmup_steps / --max_grad_norm 1.0) and check that the labels fit "
-        f"num_labels and --ignore_index{where}"
-    )
+        return trainer.args.learning_rate
 
 
 def last_good_checkpoint(output_dir, step: int) -> str:

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from hfseg.errors import HfsegError
 from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
-from hfseg.evaluation.metrics import confusion_matrix
+from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import processor_input_size
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
-from hfseg.training.interrupts import check_finite_loss
+from hfseg.training.interrupts import StopOnNonFiniteLoss, current_learning_rate
 
 
 class SegTrainer(Trainer):
@@ -41,13 +42,22 @@ class SegTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.args.gradient_checkpointing and not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise HfsegError(
+                f"--gradient_checkpointing: {type(self.model).__name__} does not support it in transformers; drop the "
+                "flag (SegFormer, BEiT, DPT, DINOv2, Swin and MobileViT models do)"
+            )
         self.ignore_index = ignore_index
         self._staging_run_dir = None
         if inference_options is None:
             input_size = processor_input_size(self.processing_class) if self.processing_class is not None else None
             inference_options = InferenceOptions.from_arguments(self.args).with_input_size(input_size)
         self.inference_options = inference_options
+        if getattr(self.args, "channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
+        self.loss_guard = StopOnNonFiniteLoss()
+        self.add_callback(self.loss_guard)
         self._auxiliary_logits = None
         if loss_fn is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
@@ -67,12 +77,13 @@ class SegTrainer(Trainer):
         else:
             labels = inputs.pop("labels")
             self._auxiliary_logits = None
-            outputs = model(**inputs)
+            outputs = model(**{**inputs, "pixel_values": self._pixel_values(inputs)})
             loss = self.loss_fn(outputs.logits, labels, self._auxiliary_logits)
             self._auxiliary_logits = None
             result = (loss, outputs) if return_outputs else loss
-        if model.training:
-            check_finite_loss(result[0] if return_outputs else result, self)
+        if model.training:  # checked at logging/saving steps: a check here would sync the device every step
+            loss = result[0] if return_outputs else result
+            self.loss_guard.record(loss, self.state.global_step + 1, current_learning_rate(self))
         return result
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -114,7 +125,8 @@ class SegTrainer(Trainer):
         return super()._run_epoch(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        """Checkpoints are written to a staging dir and renamed into place when complete."""
+        """Checkpoints are written to a staging dir and renamed into place when complete; never after a NaN loss."""
+        self.loss_guard.check(self.args.output_dir)
         save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     def _get_output_dir(self, trial):
@@ -132,42 +144,61 @@ class SegTrainer(Trainer):
         load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,))."""
+        """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,)), all on the device.
+
+        The sizes are read once per batch; per sample nothing leaves the device. With `args.eval_bf16` the forward
+        passes run under bfloat16 autocast and the logits are scored in fp32.
+        """
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
         sizes = inputs.get("label_sizes")
-        if sizes is None:
-            sizes = torch.tensor([labels.shape[-2:]] * labels.shape[0])
-        num_labels = max(model.config.num_labels, 2)
+        sizes = [tuple(labels.shape[-2:])] * labels.shape[0] if sizes is None else sizes.tolist()
         pixel_sizes = inputs.get("pixel_sizes")
+        num_labels = max(model.config.num_labels, 2)  # one sigmoid logit is scored as two classes
         loss_sum = torch.zeros((), device=labels.device)
-        counted = 0
+        counted = torch.zeros((), dtype=torch.int64, device=labels.device)
+        out_of_range = torch.zeros((), dtype=torch.int64, device=labels.device)
         confusions = []
-        with torch.no_grad(), self.compute_loss_context_manager():
+        autocast = torch.autocast(
+            labels.device.type, dtype=torch.bfloat16, enabled=getattr(self.args, "eval_bf16", False)
+        )
+        with torch.no_grad(), self.compute_loss_context_manager(), autocast:
             # One sample's full-resolution logits at a time: upsample, score, drop.
             per_sample = iter_logits_at_sizes(
                 model,
-                inputs["pixel_values"],
-                sizes.tolist(),
+                self._pixel_values(inputs),
+                sizes,
                 options=self.inference_options,
                 pixel_sizes=None if pixel_sizes is None else pixel_sizes.tolist(),
             )
-            for logits, label, (height, width) in zip(per_sample, labels, sizes.tolist(), strict=True):
+            for logits, label, (height, width) in zip(per_sample, labels, sizes, strict=True):
                 if logits.shape[0] == 1:  # one sigmoid logit: scored as background/foreground at the threshold
                     logits = binary_logits_as_two_classes(logits[None], getattr(self.args, "threshold", 0.5))[0]
                 label = label[:height, :width]
-                valid = int((label != self.ignore_index).sum())
-                if valid:
-                    loss_sum += F.cross_entropy(
-                        logits[None].float(), label[None], ignore_index=self.ignore_index, reduction="sum"
-                    )
-                    counted += valid
-                confusions.append(confusion_matrix(logits.argmax(0), label, num_labels, self.ignore_index))
+                logits = logits.float()
+                # Out-of-range labels are reported below; scored as ignored so no kernel asserts on them first.
+                scored = torch.where((label >= 0) & (label < num_labels), label, self.ignore_index)
+                loss_sum += F.cross_entropy(
+                    logits[None], scored[None], ignore_index=self.ignore_index, reduction="sum"
+                )
+                counted += (scored != self.ignore_index).sum()
+                confusion, bad = confusion_and_out_of_range(logits.argmax(0), label, num_labels, self.ignore_index)
+                confusions.append(confusion)
+                out_of_range += bad
                 del logits  # before the generator upsamples the next sample
-        loss = (loss_sum / max(counted, 1)).detach()
+        if out_of_range:  # one read per batch
+            check_label_range(labels, num_labels, self.ignore_index)
+        loss = (loss_sum / counted.clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
         return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)
+
+    def _pixel_values(self, inputs) -> torch.Tensor:
+        """The batch's images, channels-last when `args.channels_last` (the model's weights are too)."""
+        pixel_values = inputs["pixel_values"]
+        if getattr(self.args, "channels_last", False):
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save without Trainer's own push: with `--push_to_hub`, hfseg pushes once the card, eval results and

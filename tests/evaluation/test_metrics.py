@@ -9,7 +9,9 @@ import torch
 from hfseg.evaluation.metrics import (
     StreamingSegmentationMetric,
     TrainerSegmentationMetrics,
+    check_label_range,
     compute_segmentation_metrics,
+    confusion_and_out_of_range,
     confusion_matrix,
 )
 
@@ -247,3 +249,14 @@ def test_fscore_is_zero_wherever_tp_is_zero_unlike_mmseg_nan():
         precision, recall = tp / pred_area, tp / label_area
         mmseg_fscore = 2 * precision * recall / (precision + recall)
     assert np.isnan(mmseg_fscore[:4]).all() and np.nanmean(mmseg_fscore) == pytest.approx(2 / 3)
+
+
+def test_per_sample_confusion_reads_nothing_on_the_host(host_reads):
+    preds = torch.tensor([[0, 1, 2], [2, 2, 0]]).as_subclass(host_reads)
+    labels = torch.tensor([[0, 1, 255], [2, 7, -100]]).as_subclass(host_reads)
+    confusion, out_of_range = confusion_and_out_of_range(preds, labels, 3)
+    assert host_reads.reads == []
+    assert torch.equal(confusion, torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    assert int(out_of_range) == 1  # the 7
+    with pytest.raises(ValueError, match=r"values \[7\] outside 0..2"):
+        check_label_range(labels, 3)

@@ -25,12 +25,13 @@ def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, mode
     args = SegTrainingArguments(
         output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True, eval_strategy="no"
     )
+    trainer_metrics = TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL)
     trainer = SegTrainer(
         model=model,
         args=args,
         eval_dataset=eval_dataset,
         data_collator=functools.partial(collate_segmentation, ignore_index=255),
-        compute_metrics=TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL),
+        compute_metrics=trainer_metrics,
     )
     metrics = trainer.evaluate()
 
@@ -43,6 +44,7 @@ def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, mode
             sizes.add(tuple(labels.shape))
             expected.update(upsample_logits(logits, tuple(labels.shape)).argmax(1), labels[None])
     assert len(sizes) > 1, "the test needs images of different sizes in one batch"
+    assert torch.equal(trainer_metrics.last_confusion, expected.confusion)  # exact: the same pixels, the same counts
     direct = expected.compute()
     assert metrics["eval_mean_iou"] == pytest.approx(direct["mean_iou"], nan_ok=True)
     assert metrics["eval_overall_accuracy"] == pytest.approx(direct["overall_accuracy"])
@@ -79,3 +81,20 @@ def test_training_loss_ignores_label_sizes_key(tiny_synthetic, tmp_path):
     result = trainer.train()
     assert result.global_step == 2
     assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_eval_reports_an_out_of_range_label_by_value(tmp_path):
+    model = tiny_model("segformer", num_labels=5).eval()
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[3, 4] = 9
+    samples = [{"pixel_values": torch.zeros(3, 64, 64), "labels": labels}] * 2
+    args = SegTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    trainer = SegTrainer(
+        model=model,
+        args=args,
+        eval_dataset=samples,
+        data_collator=functools.partial(collate_segmentation, ignore_index=255),
+        compute_metrics=TrainerSegmentationMetrics({i: str(i) for i in range(5)}),
+    )
+    with pytest.raises(ValueError, match=r"labels contain values \[9\] outside 0..4"):
+        trainer.evaluate()

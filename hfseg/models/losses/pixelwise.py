@@ -34,12 +34,19 @@ def cross_entropy(
     class_weights: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Softmax cross-entropy (torch's, with class weights and label smoothing)."""
-    if not (labels != ignore_index).any():
-        return zero_loss(logits)
-    return F.cross_entropy(
-        logits, labels, weight=class_weights, ignore_index=ignore_index, label_smoothing=label_smoothing
+    """Softmax cross-entropy: `F.cross_entropy`'s (weighted) mean, as a sum over a denominator that never leaves
+    the device, so no `if` on a device tensor forces a host sync every step. An all-ignored crop gives a zero sum
+    over a zero denominator: 0, with a graph that still reaches every logit."""
+    weight = None if class_weights is None else class_weights.to(logits.device)
+    summed = F.cross_entropy(
+        logits, labels, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="sum"
     )
+    valid = labels != ignore_index
+    if weight is None:
+        denominator = valid.sum().to(summed.dtype)
+    else:
+        denominator = (weight[labels.clamp(0, logits.shape[1] - 1)] * valid).sum()
+    return summed / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
 
 
 def ohem_cross_entropy(
