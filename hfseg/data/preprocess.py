@@ -82,6 +82,12 @@ def attach_transform(
 class BadPair(HfsegError):
     """A pair that training could not use, found past the pairs checked before training."""
 
+    def __init__(self, message: str):
+        # torch's DataLoader re-raises a worker's error as its type called with the worker's whole traceback
+        if message.startswith(f"Caught {type(self).__name__} "):
+            message = message.rstrip().splitlines()[-1].partition(f"{type(self).__name__}: ")[2]
+        super().__init__(message)
+
 
 class CheckedPairs(torch.utils.data.Dataset):
     """A transformed split whose broken pairs (past the `--check_samples` scan) are named, or skipped when asked.

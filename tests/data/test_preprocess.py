@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, TINY_SEGFORMER
 from PIL import Image
 
@@ -61,6 +62,10 @@ def test_pair_broken_past_the_check_names_file_row_and_fixes(late_break):
     ((split, index, message),) = raised
     assert message.startswith(f"{split} row {index}: {late_break / 'images' / 'zz_cut.jpg'}: cannot be read")
     assert "--skip_bad_samples" in message and "--check_samples -1" in message and "\n" not in message
+    loader = torch.utils.data.DataLoader(checked_splits(late_break)[split], batch_size=None, num_workers=1)
+    with pytest.raises(BadPair) as from_worker:  # --dataloader_num_workers 1: the same one line
+        list(loader)
+    assert str(from_worker.value) == message
 
 
 def test_skip_bad_samples_replaces_the_pair_and_lists_it(late_break, tmp_path, caplog):
