@@ -113,6 +113,8 @@ class CheckedPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         for offset in range(len(self)):
             position = (int(index) + offset) % len(self)
+            if position in self.skipped:  # found broken in an earlier epoch: not decoded again
+                continue
             try:
                 return self.dataset[position]
             except Exception as error:
@@ -122,16 +124,15 @@ class CheckedPairs(torch.utils.data.Dataset):
                 where = f"{self.split} row {position}"
                 if self.skipped_file is None:
                     raise BadPair(
-                        f"{where}: {'; '.join(str(problem) for problem in problems)} (found during training: the "
+                        f"{where}: {'; '.join(str(problem) for problem in problems)} (found during the run: the "
                         "check before training reads the first --check_samples pairs per split); remove the pair, "
                         "pass --skip_bad_samples to skip such pairs, or --check_samples -1 to check every pair "
                         "before training"
                     ) from error
-                if position not in self.skipped:  # once per process, not every epoch
-                    self.skipped.add(position)
-                    with self.skipped_file.open("a") as listing:
-                        listing.write(f"{where}\t{problems[0].file}\t{problems[0].found}\n")
-                    logger.warning("--skip_bad_samples: skipping %s: %s", where, problems[0])
+                self.skipped.add(position)
+                with self.skipped_file.open("a") as listing:  # appended: DataLoader workers each add their own
+                    listing.write(f"{where}\t{problems[0].file}\t{problems[0].found}\n")
+                logger.warning("--skip_bad_samples: skipping %s: %s", where, problems[0])
         raise HfsegError(f"no pair of the {self.split} split can be read; fix the data (see `hfseg doctor`)")
 
     def problems_at(self, position: int) -> list:
