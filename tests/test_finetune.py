@@ -98,6 +98,7 @@ def test_unknown_recipe_is_one_line_error_without_traceback(tmp_path):
 def test_hub_recipe_fails_fast_offline(tmp_path):
     """Without the Hub, segformer_ade explains how to point at local copies instead of a long traceback."""
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HOME": str(tmp_path)}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's package, not the one the venv's editable install points at
     result = subprocess.run(
         [sys.executable, str(ROOT / "hfseg" / "finetune.py"), "--recipe", "segformer_ade",
          "--output_dir", str(tmp_path / "out")],
