@@ -165,7 +165,10 @@ class DataArguments:
     )
     skip_bad_samples: bool = field(
         default=False,
-        metadata={"help": "Skip pairs the data check finds broken (and report them) instead of stopping."},
+        metadata={
+            "help": "Skip pairs the data check finds broken (and report them) instead of stopping; pairs that "
+            "break later in the run are listed in OUTPUT_DIR/skipped_samples.txt."
+        },
     )
     check_samples: int = field(
         default=1000,

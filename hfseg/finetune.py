@@ -22,7 +22,7 @@ from hfseg.data.adapters import build_label_spec, load_source
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.determinism import seed_samples
 from hfseg.data.doctor import check_source
-from hfseg.data.preprocess import attach_transform, encode_pair
+from hfseg.data.preprocess import SKIPPED_FILE, attach_transform, encode_pair, report_skipped
 from hfseg.data.transforms import TrainTransform
 from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
@@ -80,9 +80,13 @@ def run(model_args, data_args, training_args) -> dict:
         check_binary_options(training_args.threshold, inference_options)
     eval_transform = eval_transform_for(processor, inference_options)
     columns = (source.image_column, source.label_column)
-    train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform)
+    # A pair that breaks past the check is named (split, row, file), or with --skip_bad_samples listed and replaced.
+    skipped_file = Path(training_args.output_dir) / SKIPPED_FILE if data_args.skip_bad_samples else None
+    train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform, "train", skipped_file)
     train_dataset = seed_samples(train_dataset, training_args.seed)  # same augmentations after a resume
-    eval_dataset = attach_transform(source.dataset["validation"], *columns, spec, eval_transform)
+    eval_dataset = attach_transform(
+        source.dataset["validation"], *columns, spec, eval_transform, "validation", skipped_file
+    )
 
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
@@ -106,6 +110,8 @@ def run(model_args, data_args, training_args) -> dict:
         loss_fn=loss_fn,
     )
     mark_incomplete(training_args)  # output_dir marked unfinished until its last file is written
+    if skipped_file is not None and resume_from_checkpoint is None and training_args.process_index == 0:
+        skipped_file.unlink(missing_ok=True)  # an earlier run's list (--overwrite_output_dir)
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
     if model_args.task == "binary":  # saved as a two-class head that the plain pipeline thresholds by argmax
         export_binary_head(trainer.model, spec.id2label, training_args.threshold)
@@ -120,6 +126,8 @@ def run(model_args, data_args, training_args) -> dict:
         )
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})
     trainer.save_metrics("eval", metrics)
+    if skipped_file is not None and trainer.is_world_process_zero():
+        report_skipped(skipped_file)
 
     if trainer.is_world_process_zero():
         save_outputs(

@@ -11,7 +11,6 @@ the file, what was found and the fix; exits 1 when there are problems. Training 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -19,19 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
-from PIL import ExifTags, ImageOps, UnidentifiedImageError
-from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from hfseg.data.adapters import Problem, SourceData, build_label_spec, open_source
 from hfseg.data.adapters.base import undecoded
-from hfseg.data.labels import LabelSpec, MaskError, check_same_size, decode_mask, load_rgb
+from hfseg.data.checks import inspect_pair
+from hfseg.data.labels import LabelSpec
 from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 
 logger = logging.getLogger(__name__)
-
-READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError)
-FIX_CORRUPT = "re-export or re-download the file, or remove the pair (--skip_bad_samples skips it)"
 
 #: Ignore share of a split above which a named class with no pixels means a class value is read as ignore.
 #: Real data sets stay below it: VOC borders ~5-10%, ADE20K "other" ~10%, Cityscapes ~10-15%.
@@ -63,62 +58,6 @@ class ScanReport:
         if not self.widths:
             return "-"
         return f"{min(self.widths)}x{min(self.heights)} .. {max(self.widths)}x{max(self.heights)} (W x H)"
-
-
-def open_value(value, fallback: str) -> tuple[PILImage.Image, str]:
-    """A row's image value (PIL image, path, or datasets' {path, bytes}) -> (loaded PIL image, its name)."""
-    if isinstance(value, PILImage.Image):
-        return value, getattr(value, "filename", "") or fallback
-    path, data = (value, None) if isinstance(value, str) else (value.get("path"), value.get("bytes"))
-    name = path or fallback
-    image = PILImage.open(io.BytesIO(data) if data is not None else path)
-    image.load()
-    if image.getexif().get(ExifTags.Base.Orientation) is not None:  # as `datasets.Image` decodes it
-        image = ImageOps.exif_transpose(image)
-    return image, name
-
-
-def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
-    """Decode one pair the way training does and collect what is wrong with it.
-
-    Returns:
-        (image size (W, H) or None, final labels (H, W) or None, raw mask values or None, problems).
-    """
-    problems = []
-    loaded = {}
-    for role, value in (("image", image_value), ("mask", mask_value)):
-        try:
-            loaded[role] = open_value(value, f"{row} ({role})")
-        except READ_ERRORS as error:
-            name = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
-            problems.append(Problem("corrupt", name or f"{row} ({role})", f"cannot be read ({error})", FIX_CORRUPT))
-    if problems:
-        return None, None, None, problems
-    (image, image_name), (mask, mask_name) = loaded["image"], loaded["mask"]
-    try:
-        rgb = load_rgb(image)
-    except READ_ERRORS as error:
-        return None, None, None, [Problem("corrupt", image_name, f"cannot be converted to RGB ({error})", FIX_CORRUPT)]
-    size = (rgb.width, rgb.height)
-    try:
-        raw = spec.decode(mask, mask_name) if spec is not None else decode_mask(mask, mask_name)
-    except MaskError as error:
-        return size, None, None, [Problem.from_error(error)]
-    try:
-        check_same_size(raw.shape, size, mask_name, image_name)
-    except MaskError as error:
-        problems.append(Problem.from_error(error))
-    if spec is None:
-        return size, None, raw, problems
-    try:
-        labels = spec.map_values(raw, mask_name)
-    except MaskError as error:
-        return size, None, None, [*problems, Problem.from_error(error)]
-    values = spec.invalid_values(labels)
-    if values:
-        raw_bad = sorted({int(v) for v in np.unique(raw[np.isin(labels, values)])})[:8]
-        problems.append(Problem.from_error(spec.values_error(values, mask_name, raw_bad)))
-    return size, labels, raw, problems
 
 
 def scan_source(

@@ -33,16 +33,46 @@ class MaskError(HfsegError):
         self.kind, self.source, self.found, self.fix = kind, source, found, fix
 
 
-def check_same_size(mask_shape: tuple[int, ...], image_size: tuple[int, int], mask_name: str, image_name: str):
-    """Raise `MaskError` (size_mismatch) unless an (H, W) mask matches an image of `image_size` (W, H)."""
+#: EXIF orientations that swap width and height (a quarter turn, with or without a mirror), as EXIF describes them.
+QUARTER_TURNS = {
+    5: "mirrored and rotated 90° counter-clockwise",
+    6: "rotated 90° clockwise",
+    7: "mirrored and rotated 90° clockwise",
+    8: "rotated 90° counter-clockwise",
+}
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of a PIL image (1, upright, when there is none)."""
+    from PIL import ExifTags
+
+    return int(image.getexif().get(ExifTags.Base.Orientation) or 1)
+
+
+def check_same_size(
+    mask_shape: tuple[int, ...], image_size: tuple[int, int], mask_name: str, image_name: str, orientation: int = 1
+):
+    """Raise `MaskError` (size_mismatch) unless an (H, W) mask matches an image of `image_size` (W, H).
+
+    `image_size` is the size after the image's EXIF `orientation` is applied; a mask that matches the stored
+    (un-rotated) pixels instead is told so, with the fix.
+    """
     (height, width), (image_width, image_height) = mask_shape[:2], image_size
-    if (height, width) != (image_height, image_width):
+    if (height, width) == (image_height, image_width):
+        return
+    found = f"mask is {width}x{height} but its image {image_name} is {image_width}x{image_height}"
+    if orientation in QUARTER_TURNS and (height, width) == (image_width, image_height):
         raise MaskError(
             "size_mismatch",
             mask_name,
-            f"mask is {width}x{height} but its image {image_name} is {image_width}x{image_height}",
-            "masks must match their images pixel for pixel: fix or remove the pair",
+            f"{found}: its EXIF orientation tag ({orientation}: {QUARTER_TURNS[orientation]}) makes it "
+            f"{image_width}x{image_height}; the mask matches the stored pixels ({width}x{height})",
+            f"strip the tag (`exiftool -Orientation= {image_name}`, or re-save the image without EXIF) if the "
+            "stored pixels are upright, else rotate the mask the same way",
         )
+    raise MaskError(
+        "size_mismatch", mask_name, found, "masks must match their images pixel for pixel: fix or remove the pair"
+    )
 
 
 @dataclass

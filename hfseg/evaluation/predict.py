@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from transformers import HfArgumentParser
 
 from hfseg.config import SegTrainingArguments
+from hfseg.data.checks import read_problem
 from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_logits
@@ -164,6 +165,8 @@ def read_image(path: Path) -> Image.Image:
         raise HfsegError(
             f"{path}: too large to decode ({error}); downscale or tile it (e.g. 4096 px tiles) and predict the parts"
         ) from None
+    except PermissionError as error:
+        raise HfsegError(str(read_problem(error, str(path)))) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise HfsegError(f"{path}: cannot read the image ({error})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

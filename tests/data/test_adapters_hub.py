@@ -96,3 +96,41 @@ def test_finetune_streams_with_max_steps(renamed_folder, tmp_path):
     metrics = finetune(argv)
     assert 0.0 <= metrics["eval_overall_accuracy"] <= 1.0
     assert (tmp_path / "out" / "predictions.png").is_file()
+
+
+def test_parquet_relative_image_paths_read_from_its_folder(tmp_path, monkeypatch):
+    """A parquet whose image column holds `{"path": "imgs/N.png", "bytes": None}`, used from another folder: paths
+    that exist next to the parquet are read from there; one that exists nowhere is named, relative to what."""
+    import numpy as np
+    import pyarrow.parquet
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    from hfseg.data.doctor import scan_source
+
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    for index in range(3):
+        PILImage.fromarray(np.full((6, 8, 3), 40 * index, dtype=np.uint8)).save(data / "imgs" / f"{index}.png")
+        PILImage.fromarray(np.full((6, 8), index % 2, dtype=np.uint8)).save(data / "imgs" / f"{index}_mask.png")
+    rows = {
+        "image": [{"path": f"imgs/{index}.png", "bytes": None} for index in (0, 1, 2, 3)],  # imgs/3.png: nowhere
+        "annotation": [{"path": f"imgs/{index % 3}_mask.png", "bytes": None} for index in (0, 1, 2, 3)],
+        "name": ["a", "b", "c", "d"],
+    }
+    features = Features({"image": Image(), "annotation": Image(), "name": Value("string")})
+    table = Dataset.from_dict(rows, features=features).data.table  # `to_parquet` would look the paths up from here
+    pyarrow.parquet.write_table(table, data / "train.parquet")
+    (data / "id2label.json").write_text(json.dumps({"0": "dark", "1": "light"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    data_args = DataArguments(dataset_name=str(data / "train.parquet"))
+    source = open_source(data_args)
+    train = source.dataset["train"]
+    assert train[2]["image"].size == (8, 6) and train[2]["image"].getpixel((0, 0)) == (80, 80, 80)
+    report = scan_source(source, build_label_spec(source, data_args), progress=False)
+    (problem,) = report.problems
+    assert problem.kind == "missing" and problem.file == "imgs/3.png"
+    assert "relative path" in problem.found and str(elsewhere) in problem.found and "corrupt" not in str(problem)

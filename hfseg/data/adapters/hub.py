@@ -41,14 +41,17 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
     known = KNOWN_DATASETS.get(name, {})
     streaming = bool(getattr(data_args, "streaming", False))
     on_hub = False
+    files_folder = None  # relative image paths in data files are read from the files' folder
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
         dataset = load_from_disk(str(path))
         if streaming:
             dataset = IterableDatasetDict({split: ds.to_iterable_dataset() for split, ds in dataset.items()})
     elif path.is_file() and path.suffix == ".parquet":
         dataset = load_dataset("parquet", data_files=str(path), streaming=streaming)
+        files_folder = path.parent
     elif path.is_dir():
         dataset = load_dataset(str(path), streaming=streaming)
+        files_folder = path
     else:
         require_hub("--dataset_name", name)
         on_hub = True
@@ -64,6 +67,8 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
         dataset = DatasetDict({"train": dataset})
     elif isinstance(dataset, IterableDataset):
         dataset = IterableDatasetDict({"train": dataset})
+    if files_folder is not None and isinstance(dataset, DatasetDict):
+        dataset = DatasetDict({split: resolve_relative_paths(ds, files_folder) for split, ds in dataset.items()})
     first = next(iter(dataset.values()))
     image_column, label_column = detect_columns(first, data_args.image_column, data_args.label_column, name)
     id2label = (
@@ -72,6 +77,37 @@ def load_hub_or_local_dataset(data_args) -> SourceData:
         or _id2label_from_features(first, label_column)
     )
     return SourceData(dataset, image_column, label_column, id2label, reduce_labels=known.get("reduce_labels"))
+
+
+def resolve_relative_paths(dataset: Dataset, folder: Path) -> Dataset:
+    """Image columns whose rows hold a relative path and no bytes (`{"path": "imgs/1.png", "bytes": None}`) read
+    from `folder` (the data file's) where the file exists there; other rows stay as they are (a path that exists
+    nowhere is reported by the data check, by name)."""
+
+    def in_folder(path: str | None, has_bytes: bool) -> bool:
+        return not has_bytes and bool(path) and not Path(path).is_absolute() and (folder / path).is_file()
+
+    for column, feature in dataset.features.items():
+        if not isinstance(feature, Image):
+            continue
+        chunks = dataset.data.column(column).chunks  # the Arrow table: no image bytes are copied
+        rows = (zip(c.field("path").to_pylist(), c.field("bytes").is_valid().to_pylist(), strict=True) for c in chunks)
+        if not any(in_folder(path, has_bytes) for chunk in rows for path, has_bytes in chunk):
+            continue
+
+        def absolute(batch, column=column):
+            batch[column] = [
+                {"path": str(folder / value["path"]), "bytes": None}
+                if in_folder(value["path"], value["bytes"] is not None)
+                else value
+                for value in batch[column]
+            ]
+            return batch
+
+        logger.info("relative paths in column '%s' are read from %s, where the files are", column, folder)
+        undecoded = dataset.cast_column(column, Image(decode=False))
+        dataset = undecoded.map(absolute, batched=True, desc="resolving relative paths").cast_column(column, feature)
+    return dataset
 
 
 def _load_hub_dataset(name: str, config: str | None, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
