@@ -86,8 +86,8 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
         fraction = data_args.validation_fraction
         origin = {
             "train": f"split '{train_split}' less the held-out part",
-            "validation": f"held out from split '{train_split}' (--validation_fraction {fraction}: the source has "
-            f"no validation split among {list(dataset)}; name one with --validation_split)",
+            "validation": f"the part held out from split '{train_split}' (--validation_fraction {fraction}: the "
+            f"source has no validation split among {list(dataset)}; name one with --validation_split)",
         }
     else:
         splits = {"train": dataset[train_split], "validation": dataset[validation_split]}
