@@ -274,6 +274,7 @@ class SegmentationArguments:
 # `hfseg finetune --help` sections, in this order: hfseg's own fields first, Trainer's last. A field not named here
 # goes to its dataclass's section (ModelArguments: model, DataArguments: data, SegmentationArguments: optimizer,
 # evaluation for its eval_* fields).
+TRAINER_SECTION = "Trainer options (transformers.TrainingArguments)"
 HELP_SECTIONS = {
     "model": (),
     "data": (),
@@ -291,10 +292,8 @@ HELP_SECTIONS = {
     "optimizer": (),
     "evaluation": ("num_preview_images",),
     "model card": ("reference_mean_iou", "reference_source", "card_license"),
-    "Trainer options (transformers.TrainingArguments)": (),
+    TRAINER_SECTION: (),
 }
-TRAINER_SECTION = "Trainer options (transformers.TrainingArguments)"
-
 
 FINETUNE_USAGE = (
     "%(prog)s [--recipe NAME|PATH] [--FIELD VALUE ...]\n"
