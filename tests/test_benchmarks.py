@@ -150,3 +150,23 @@ def test_inference_quick(tmp_path):
     assert "whole" in document["modes"]
     for result in document["results"]:
         assert result["images"] == 4 and result["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_startup_quick(tmp_path):
+    output = tmp_path / "startup.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "startup.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "machine:" in completed.stdout and "| hfseg doctor (2 pairs)" in completed.stdout
+    document = json.loads(output.read_text())
+    assert document["benchmark"] == "startup" and document["baseline"]["min_s"] > 0
+    commands = [result["command"] for result in document["results"]]
+    assert commands[0] == "hfseg --help" and "hfseg finetune --crop_size large" in commands
+    assert all(result["ours"]["min_s"] > 0 for result in document["results"])
