@@ -8,9 +8,12 @@ hfseg's own fields are checked before `SegTrainingArguments` (hfseg/training/arg
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import enum
 import json
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,6 +322,12 @@ class SegArgumentParser(HfArgumentParser):
     def _parse_dataclass_field(self, parser, field):
         if not hasattr(self, "_sections"):
             self._sections = {name: self.add_argument_group(name) for name in HELP_SECTIONS}
+        help_text = field.metadata.get("help")
+        if help_text and re.search(r"(?<!%)%(?![(%])", help_text):  # argparse %-formats help: "60%," breaks --help
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(
+                {**field.metadata, "help": re.sub(r"(?<!%)%(?![(%])", "%%", help_text)}
+            )
         HfArgumentParser._parse_dataclass_field(self._sections[help_section(field.name)], field)
 
 

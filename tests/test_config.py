@@ -115,3 +115,16 @@ def test_own_flags_are_checked_before_trainer_flags():
         ["--crop_size", "64", "--learning_rate", "1e-3", "--loss", "dice"]
     )
     assert data_args.crop_size == 64 and own.loss == "dice" and rest == ["--learning_rate", "1e-3"]
+
+
+def test_help_text_with_a_percent_sign_prints():
+    from dataclasses import dataclass, field
+
+    from hfseg.config import SegArgumentParser
+
+    @dataclass
+    class Percent:
+        share: float = field(default=0.6, metadata={"help": "Mostly ignored (over 60%, or 25%% escaped already)."})
+
+    text = " ".join(SegArgumentParser([Percent]).format_help().split())
+    assert "over 60%, or 25% escaped already" in text and "(default: 0.6)" in text

@@ -127,6 +127,18 @@ def split_layout_dirs(root: Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
+def pair_split_folders(
+    folders: dict[str, tuple[Path, Path]], image_suffix: str | None = None, mask_suffix: str | None = None
+) -> tuple[dict[str, list[tuple[Path, Path]]], list[Problem]]:
+    """`{split: (image folder, mask folder)}` -> pairs per split and the unpaired files of all splits."""
+    pairs, problems = {}, []
+    for split, (image_dir, mask_dir) in folders.items():
+        found, missing = pair_folders(image_dir, mask_dir, image_suffix, mask_suffix)
+        pairs[split] = list(found.values())
+        problems += missing
+    return pairs, problems
+
+
 def split_pairs(
     image_dir: Path,
     mask_dir: Path,
@@ -143,12 +155,8 @@ def split_pairs(
         if child.is_dir() and child.name in split_names and (mask_dir / child.name).is_dir()
     ]
     if split_folders:
-        pairs, problems = {}, []
-        for folder in split_folders:
-            found, missing = pair_folders(image_dir / folder, mask_dir / folder, image_suffix, mask_suffix)
-            pairs[SPLIT_FOLDERS[folder]] = list(found.values())
-            problems += missing
-        return pairs, problems
+        folders = {SPLIT_FOLDERS[folder]: (image_dir / folder, mask_dir / folder) for folder in split_folders}
+        return pair_split_folders(folders, image_suffix, mask_suffix)
     found, problems = pair_folders(image_dir, mask_dir, image_suffix, mask_suffix)
     if split_dir is not None:
         return pairs_from_split_files(found, split_dir, problems)
@@ -244,11 +252,7 @@ def load_folder(data_dir: Path, data_args) -> SourceData:
         problems = missing_files(pairs, pairs_file)
         pairs = {split: [p for p in rows if p[0].is_file() and p[1].is_file()] for split, rows in pairs.items()}
     elif split_dirs and not any((data_dir / name).is_dir() for name in IMAGE_DIR_NAMES):
-        pairs, problems = {}, []
-        for split, (image_dir, mask_dir) in split_dirs.items():
-            found, missing = pair_folders(image_dir, mask_dir, data_args.image_suffix, data_args.mask_suffix)
-            pairs[split] = list(found.values())
-            problems += missing
+        pairs, problems = pair_split_folders(split_dirs, data_args.image_suffix, data_args.mask_suffix)
     else:
         image_dir = find_dir(data_dir, data_args.image_dir, IMAGE_DIR_NAMES, "images", "--image_dir")
         mask_dir = find_dir(data_dir, data_args.mask_dir, MASK_DIR_NAMES, "masks", "--mask_dir")
