@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     import importlib
 
+    if argv[0] == "finetune" and not {"-h", "--help"} & set(argv):
+        from hfseg.config import check_own_flags
+        from hfseg.errors import strip_debug, user_errors_exit
+
+        user_errors_exit(check_own_flags)(strip_debug(argv[1:]))  # a wrong hfseg flag stops before torch loads
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     sys.argv = [f"hfseg {argv[0]}", *argv[1:]]
     module.main(argv[1:])

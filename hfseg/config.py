@@ -2,20 +2,24 @@
 
 `--recipe NAME|PATH` loads `recipes/NAME.yaml` (shipped in the wheel as hfseg/recipes); command-line flags
 override any field; the resolved configuration is written next to the outputs so a run can be repeated exactly.
+This module imports no torch: hfseg's own fields are checked before `SegTrainingArguments`
+(hfseg/training/arguments.py) loads it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import enum
 import json
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+from transformers.hf_argparser import HfArgumentParser
 
 from hfseg.errors import HfsegError
 
@@ -203,31 +207,9 @@ class DataArguments:
 
 
 @dataclass
-class SegTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with what segmentation needs set by default."""
+class SegmentationArguments:
+    """hfseg's own evaluation, loss and optimizer fields; `SegTrainingArguments` adds `TrainingArguments`'."""
 
-    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and the final model go."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that already holds another run."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image/label columns for transforms."})
-    batch_eval_metrics: bool = field(default=True, metadata={"help": "Stream eval metrics batch by batch."})
-    eval_strategy: IntervalStrategy | str = field(
-        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
-    )
-    save_strategy: SaveStrategy | str = field(
-        default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."}
-    )
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
-    logging_nan_inf_filter: bool = field(
-        default=False,
-        metadata={
-            "help": "Trainer's NaN/inf filter of logged losses; off because it syncs the device every step and a "
-            "NaN/inf loss stops an hfseg run anyway."
-        },
-    )
     channels_last: bool = field(
         default=False,
         metadata={"help": "Channels-last memory format for model and images (faster convolutions on GPUs)."},
@@ -351,7 +333,81 @@ class SegTrainingArguments(TrainingArguments):
     )
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegTrainingArguments)
+# `hfseg finetune --help` sections, in this order: hfseg's own fields first, Trainer's last. A field not named here
+# goes to its dataclass's section (ModelArguments: model, DataArguments: data, SegmentationArguments: optimizer,
+# evaluation for its eval_* fields).
+TRAINER_SECTION = "Trainer options (transformers.TrainingArguments)"
+HELP_SECTIONS = {
+    "model": (),
+    "data": (),
+    "labels": ("reduce_labels", "ignore_index", "id2label_file", "label_map", "palette_file"),
+    "augmentation": ("crop_size", "scale_range", "cat_max_ratio", "hflip_prob", "photometric"),
+    "loss": (
+        "loss",
+        "class_weights",
+        "class_weighting",
+        "class_weighting_samples",
+        "dice_weight",
+        "aux_loss_weight",
+        "label_smoothing",
+    ),
+    "optimizer": (),
+    "evaluation": ("num_preview_images",),
+    "model card": ("reference_mean_iou", "reference_source", "card_license"),
+    TRAINER_SECTION: (),
+}
+
+FINETUNE_USAGE = (
+    "%(prog)s [--recipe NAME|PATH] [--FIELD VALUE ...]\n"
+    "  every field below is a flag; sections: " + ", ".join(name.split(" (")[0] for name in HELP_SECTIONS)
+)
+
+
+def help_section(name: str) -> str:
+    """The `--help` section of a field: HELP_SECTIONS, else its hfseg dataclass's, else Trainer's."""
+    for section, names in HELP_SECTIONS.items():
+        if name in names:
+            return section
+    owners = {"model": ModelArguments, "data": DataArguments, "optimizer": SegmentationArguments}
+    for section, cls in owners.items():
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return "evaluation" if section == "optimizer" and name.startswith("eval_") else section
+    return TRAINER_SECTION
+
+
+class SegArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` that puts each flag in its `help_section`, so hfseg's fields come before Trainer's."""
+
+    def _parse_dataclass_field(self, parser, field):
+        if not hasattr(self, "_sections"):
+            self._sections = {name: self.add_argument_group(name) for name in HELP_SECTIONS}
+        help_text = field.metadata.get("help")
+        if help_text and re.search(r"(?<!%)%(?![(%])", help_text):  # argparse %-formats help: "60%," breaks --help
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(
+                {**field.metadata, "help": re.sub(r"(?<!%)%(?![(%])", "%%", help_text)}
+            )
+        HfArgumentParser._parse_dataclass_field(self._sections[help_section(field.name)], field)
+
+
+def __getattr__(name: str):
+    # `SegTrainingArguments` imports torch (TrainingArguments): loaded on first use, not with this module.
+    if name == "SegTrainingArguments":
+        from hfseg.training.arguments import SegTrainingArguments
+
+        return SegTrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def argument_classes() -> tuple:
+    """(ModelArguments, DataArguments, SegTrainingArguments): what `hfseg finetune` parses."""
+    from hfseg.training.arguments import SegTrainingArguments
+
+    return ModelArguments, DataArguments, SegTrainingArguments
+
+
+# hfseg's own dataclasses: enough to check hfseg's flags and read data flags without importing torch.
+OWN_ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegmentationArguments)
 
 
 def resolve_recipe_path(recipe: str) -> Path:
@@ -403,7 +459,7 @@ def load_recipe(recipe: str) -> dict:
             f"recipe {path} sets trust_remote_code: {values['trust_remote_code']!r}, but a recipe cannot allow a "
             "checkpoint's own Python code to run; remove the key and pass --trust_remote_code on the command line"
         )
-    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    known = {f.name for cls in argument_classes() for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
             raise HfsegError(
@@ -411,19 +467,21 @@ def load_recipe(recipe: str) -> dict:
             )
     # A mapping given for a field that takes a JSON string (config_overrides) is encoded; fields that take
     # dicts themselves (accelerator_config, lr_scheduler_kwargs) keep it.
-    dict_fields = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if "dict" in str(f.type)}
+    dict_fields = {f.name for cls in argument_classes() for f in dataclasses.fields(cls) if "dict" in str(f.type)}
     return {
         key: json.dumps(value) if isinstance(value, dict) and key not in dict_fields else value
         for key, value in values.items()
     }
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SegTrainingArguments]:
-    """Parse `--recipe` (defaults) and flags (which win) into the three argument dataclasses."""
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """Parse `--recipe` (defaults) and flags (which win) into ModelArguments, DataArguments, SegTrainingArguments."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if not {"-h", "--help"} & set(rest):
+        check_own_flags(rest)  # hfseg's own flags fail before torch loads
+    parser = SegArgumentParser(argument_classes(), usage=FINETUNE_USAGE)
     parser.add_argument("--recipe", default=None, help="Recipe name (recipes/NAME.yaml) or path to a YAML file.")
     parser.error = _flag_error  # one line instead of argparse's usage text of every TrainingArguments flag
     if known.recipe:
@@ -438,6 +496,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise HfsegError(f"invalid configuration: {error}; see `hfseg finetune --help` for the flags") from None
     training_args.recipe = known.recipe
     return model_args, data_args, training_args
+
+
+def check_own_flags(argv: list[str]) -> tuple:
+    """Parse hfseg's own flags (OWN_ARGUMENT_CLASSES) without torch; a wrong value raises `HfsegError`.
+
+    Returns (ModelArguments, DataArguments, SegmentationArguments, the flags left for `TrainingArguments`).
+    """
+    parser = SegArgumentParser(OWN_ARGUMENT_CLASSES, add_help=False, allow_abbrev=False)
+    parser.error = _flag_error
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True))
+    except (ValueError, TypeError) as error:
+        raise HfsegError(f"invalid configuration: {error}; see `hfseg finetune --help` for the flags") from None
+
+
+def parse_data_args(argv: list[str]) -> DataArguments:
+    """The DataArguments of `argv`; loads torch only for a recipe or Trainer flags, which need the full parser."""
+    _, data_args, _, rest = check_own_flags(argv)
+    if rest:  # --recipe or flags of TrainingArguments: check them all as `hfseg finetune` would
+        _, data_args, _ = parse_args(argv)
+    return data_args
 
 
 def _flag_error(message: str):
@@ -484,7 +563,7 @@ def save_resolved_config(output_dir: str | Path, *argument_objects) -> Path:
     """Write every field of the parsed dataclasses to `output_dir/hfseg_config.yaml`."""
     resolved = {}
     for arguments in argument_objects:
-        values = arguments.to_dict() if isinstance(arguments, TrainingArguments) else dataclasses.asdict(arguments)
+        values = arguments.to_dict() if hasattr(arguments, "to_dict") else dataclasses.asdict(arguments)  # Trainer's
         for name, value in values.items():
             if name.startswith("_") or name.endswith("token"):  # never write credentials
                 continue

@@ -162,3 +162,22 @@ def test_gpu_quick(tmp_path):
     assert {row["method"] for row in train} == {"ours", "bare"} and all(row["images_per_s"] > 0 for row in train)
     assert {row["mode"] for row in rows if "mode" in row} == {"whole", "slide"}
     assert document["anchors"]["mmsegmentation_ade20k_fps_v100"]["segformer-b0"] == 51.3
+
+
+def test_startup_quick(tmp_path):
+    output = tmp_path / "startup.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "startup.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "machine:" in completed.stdout and "| hfseg doctor (2 pairs)" in completed.stdout
+    document = json.loads(output.read_text())
+    assert document["benchmark"] == "startup" and document["baseline"]["min_s"] > 0
+    commands = [result["command"] for result in document["results"]]
+    assert commands[0] == "hfseg --help" and "hfseg finetune --crop_size large" in commands
+    assert all(result["ours"]["min_s"] > 0 for result in document["results"])

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from hfseg.config import RECIPES_DIR, load_recipe, parse_args, save_resolved_config
+from hfseg.config import RECIPES_DIR, check_own_flags, load_recipe, parse_args, save_resolved_config
 from hfseg.errors import HfsegError
 
 
@@ -103,3 +103,71 @@ def test_recipe_cannot_turn_on_remote_code(tmp_path):
     assert model_args.trust_remote_code is True  # the command line still can
     model_args, _, _ = parse_args(["--recipe", str(recipe), "--output_dir", str(tmp_path)])
     assert model_args.trust_remote_code is False
+
+
+def test_help_puts_hfseg_sections_before_trainer_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    headings = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == [
+        "options",
+        "model",
+        "data",
+        "labels",
+        "augmentation",
+        "loss",
+        "optimizer",
+        "evaluation",
+        "model card",
+        "Trainer options (transformers.TrainingArguments)",
+    ]
+    sections = dict.fromkeys(headings, "")
+    current = None
+    for line in out.splitlines():
+        current = line[:-1] if line[:-1] in sections else current
+        if current:
+            sections[current] += line + "\n"
+    for section, flag in [
+        ("model", "--model_name_or_path"),
+        ("data", "--layout"),
+        ("labels", "--reduce_labels"),
+        ("augmentation", "--crop_size"),
+        ("loss", "--label_smoothing "),
+        ("optimizer", "--head_lr_mult"),
+        ("evaluation", "--eval_mode"),
+        ("Trainer options (transformers.TrainingArguments)", "--learning_rate"),
+    ]:
+        assert flag in sections[section], (section, flag)
+    assert "--learning_rate" not in sections["loss"] and "--crop_size" not in sections[headings[-1]]
+    assert out.splitlines()[0].startswith("usage:") and len(out.split("\n\n")[0].splitlines()) <= 3  # short usage
+
+
+def test_label_smoothing_has_one_name(tmp_path):
+    _, _, training_args = parse_args(["--label_smoothing", "0.1", "--output_dir", str(tmp_path)])
+    assert training_args.label_smoothing == 0.1 and training_args.label_smoothing_factor == 0.0
+    with pytest.raises(HfsegError, match=r"--label_smoothing_factor 0.1 is Trainer's name.*use --label_smoothing 0.1"):
+        parse_args(["--label_smoothing_factor", "0.1", "--output_dir", str(tmp_path)])
+
+
+def test_own_flags_are_checked_before_trainer_flags():
+    with pytest.raises(HfsegError, match="--crop_size/--crop-size: invalid int value: 'large'"):
+        check_own_flags(["--learning_rate", "1e-3", "--crop_size", "large"])
+    model_args, data_args, own, rest = check_own_flags(
+        ["--crop_size", "64", "--learning_rate", "1e-3", "--loss", "dice"]
+    )
+    assert data_args.crop_size == 64 and own.loss == "dice" and rest == ["--learning_rate", "1e-3"]
+
+
+def test_help_text_with_a_percent_sign_prints():
+    from dataclasses import dataclass, field
+
+    from hfseg.config import SegArgumentParser
+
+    @dataclass
+    class Percent:
+        share: float = field(default=0.6, metadata={"help": "Mostly ignored (over 60%, or 25%% escaped already)."})
+
+    text = " ".join(SegArgumentParser([Percent]).format_help().split())
+    assert "over 60%, or 25% escaped already" in text and "(default: 0.6)" in text

@@ -104,3 +104,28 @@ def test_what_users_type_still_imports():
 
     assert ReExported is SegmentationPipeline
     assert callable(compute_segmentation_metrics) and SegTrainer and StreamingSegmentationMetric
+
+
+# Declared dependencies that hfseg needs without importing them by name, and why.
+USED_WITHOUT_IMPORT = {
+    "accelerate": "transformers.Trainer requires it",
+    "safetensors": "save_pretrained writes model.safetensors with it",
+}
+
+
+def test_every_declared_dependency_has_a_role():
+    """A dependency nothing imports (and nothing needs) is dead weight in every install: name its role or drop it."""
+    import re
+
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)  # tomllib is Python 3.11+
+    requirements = re.findall(r'"([^"]+)"', block)
+    assert "torch>=2.4,<2.15" in requirements and len(requirements) > 8
+    import_names = {"pyyaml": "yaml", "pillow": "PIL"}
+    imported = {name.split(".")[0] for names in MODULES.values() for name in names}
+    for requirement in requirements:
+        distribution = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+        module = import_names.get(distribution, distribution.replace("-", "_"))
+        assert module in imported or distribution in USED_WITHOUT_IMPORT, (
+            f"{distribution} is declared in pyproject.toml but no hfseg module imports it"
+        )

@@ -11,6 +11,7 @@ the file, what was found and the fix; exits 1 when there are problems. Training 
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -43,8 +44,7 @@ class ScanReport:
 
     pairs: dict[str, int] = field(default_factory=dict)
     scanned: dict[str, int] = field(default_factory=dict)
-    widths: list[int] = field(default_factory=list)
-    heights: list[int] = field(default_factory=list)
+    sizes: collections.Counter = field(default_factory=collections.Counter)  # (W, H) -> images
     class_pixels: np.ndarray | None = None
     ignored_pixels: int = 0
     raw_values: set[int] = field(default_factory=set)
@@ -54,10 +54,20 @@ class ScanReport:
     problems: list[Problem] = field(default_factory=list)
     bad_rows: dict[str, set[int]] = field(default_factory=dict)
 
-    def size_range(self) -> str:
-        if not self.widths:
+    def size_summary(self) -> str:
+        """Real image sizes (W x H): the smallest and largest by area and the most common, with its count."""
+        if not self.sizes:
             return "-"
-        return f"{min(self.widths)}x{min(self.heights)} .. {max(self.widths)}x{max(self.heights)} (W x H)"
+        smallest, largest = (
+            function(self.sizes, key=lambda size: (size[0] * size[1], size)) for function in (min, max)
+        )
+        common, count = self.sizes.most_common(1)[0]
+        if len(self.sizes) == 1:
+            return f"all {common[0]}x{common[1]} (W x H)"
+        return (
+            f"smallest {smallest[0]}x{smallest[1]}, largest {largest[0]}x{largest[1]}, most common "
+            f"{common[0]}x{common[1]} ({count} of {self.sizes.total()}); {len(self.sizes)} distinct sizes (W x H)"
+        )
 
 
 def scan_source(
@@ -89,8 +99,7 @@ def scan_source(
             size, labels, raw, problems = inspect_pair(row[columns[0]], row[columns[1]], spec, f"{split} row {index}")
             bar.update(1)
             if size is not None:
-                report.widths.append(size[0])
-                report.heights.append(size[1])
+                report.sizes[size] += 1
             if problems:
                 report.problems += problems
                 report.bad_rows.setdefault(split, set()).add(index)
@@ -201,7 +210,7 @@ def format_report(report: ScanReport, spec: LabelSpec | None, title: str) -> str
     lines.append("pairs: " + ", ".join(f"{split} {count}" for split, count in report.pairs.items()))
     scanned = sum(report.scanned.values())
     lines.append(f"checked: {scanned} of {sum(report.pairs.values())} pairs")
-    lines.append(f"image sizes: {report.size_range()}")
+    lines.append(f"image sizes: {report.size_summary()}")
     if spec is not None and report.class_pixels is not None:
         total = int(report.class_pixels.sum()) + report.ignored_pixels
         lines.append(f"pixels per class ({spec.num_labels} classes, after the label mapping):")
@@ -284,7 +293,7 @@ def check_source(source: SourceData, spec: LabelSpec, data_args) -> None:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """Exit status: 0 no problems, 1 problems found, 2 the data could not be opened at all."""
-    from hfseg.config import parse_args
+    from hfseg.config import parse_data_args
 
     argv = strip_debug(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="hfseg doctor", add_help=False)
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     own, rest = parser.parse_known_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    _, data_args, _ = parse_args(rest)
+    data_args = parse_data_args(rest)
     if own.plot:  # before the scan, which can take minutes
         require_writable_dir(Path(own.plot).parent, "--plot")
     source = open_source(data_args)

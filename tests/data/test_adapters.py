@@ -337,3 +337,91 @@ def test_voc_augmented_set_and_missing_files(tmp_path):
             file.unlink()
         (root / "SegmentationClassAug").rmdir()
         open_source(data_args)
+
+
+def write_tiny_pair(image_path, mask_path, value=1):
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(image_path)
+    Image.fromarray(np.full((6, 8), value, dtype=np.uint8)).save(mask_path)
+
+
+@pytest.mark.parametrize(
+    ("image_pattern", "mask_pattern"),
+    [
+        ("{split}_images/{name}.jpg", "{split}_segmentations/{name}.png"),  # LIP
+        ("images/{split}/{name}.jpg", "annotations/{split}/{name}.png"),
+        ("images/{split}/{name}.jpg", "masks/{split}/{name}.png"),
+        ("{split}/image/{name}.png", "{split}/label/{name}.png"),  # ISBI EM (unet)
+    ],
+)
+def test_folder_detects_split_layouts(tmp_path, image_pattern, mask_pattern):
+    for split, count in (("train", 3), ("val", 2)):
+        for index in range(count):
+            names = {"split": split, "name": f"{split}{index}"}
+            write_tiny_pair(tmp_path / image_pattern.format(**names), tmp_path / mask_pattern.format(**names))
+    source = open_source(
+        DataArguments(data_dir=str(tmp_path), layout="folder", id2label_file=write_id2label(tmp_path, "ab"))
+    )
+    assert {split: len(ds) for split, ds in source.dataset.items()} == {"train": 3, "val": 2}
+    assert source.problems == []
+    assert Path(source.dataset["val"][1]["image"].filename).stem == "val1"
+
+
+def test_isbi_em_sample_is_found_without_folder_flags(shared_data, tmp_path):
+    source = open_source(
+        DataArguments(
+            data_dir=str(shared_data / "isbi_em"),
+            layout="folder",
+            id2label_file=write_id2label(tmp_path, ["membrane", "cell"]),
+        )
+    )
+    assert len(source.dataset["train"]) == 4 and source.problems == []
+
+
+def test_undetected_layout_names_pairs_file(tmp_path):
+    (tmp_path / "pictures").mkdir()
+    with pytest.raises(HfsegError, match="--image_dir.*--pairs_file"):
+        open_source(DataArguments(data_dir=str(tmp_path), layout="folder"))
+
+
+def test_pairs_file_relative_to_current_folder_first(shared_data, tmp_path, monkeypatch):
+    root = shared_data / "generic_splits"
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "pairs.csv").write_text(
+        "image,mask\n" + "".join(f"{root}/imgs/0000{i}_img.jpg,{root}/gts/0000{i}_gt.png\n" for i in range(2))
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.csv").write_text(f"image,mask\n{root}/imgs/00004_img.jpg,{root}/gts/00004_gt.png\n")
+    monkeypatch.chdir(tmp_path / "lists")
+    in_cwd = open_source(DataArguments(data_dir=str(tmp_path / "data"), layout="folder", pairs_file="pairs.csv"))
+    assert len(in_cwd.dataset["train"]) == 2
+    monkeypatch.chdir(tmp_path)
+    in_data_dir = open_source(DataArguments(data_dir=str(tmp_path / "data"), layout="folder", pairs_file="pairs.csv"))
+    assert len(in_data_dir.dataset["train"]) == 1
+    with pytest.raises(HfsegError, match="--pairs_file nope.csv: no such file in the current folder nor in"):
+        open_source(DataArguments(data_dir=str(tmp_path / "data"), layout="folder", pairs_file="nope.csv"))
+
+
+def test_split_sizes_are_logged_and_a_held_out_part_said(shared_data, tmp_path, caplog):
+    caplog.set_level("INFO", logger="hfseg")
+    names = write_id2label(tmp_path, [f"c{i}" for i in range(7)])
+    load_source(
+        DataArguments(
+            data_dir=str(shared_data / "loveda"), layout="folder", id2label_file=names, validation_fraction=0.5
+        )
+    )
+    assert "train: 1 pairs from split 'train' less the held-out part" in caplog.text
+    assert "validation: 1 pairs from the part held out from split 'train' (--validation_fraction 0.5" in caplog.text
+    caplog.clear()
+    load_source(
+        layout(
+            shared_data,
+            "generic_splits",
+            "folder",
+            id2label_file=write_id2label(tmp_path, "abcd"),
+            max_train_samples=2,
+        )
+    )
+    assert "train: 2 pairs (capped from 4) from split 'train'" in caplog.text
+    assert "validation: 1 pairs from split 'val'" in caplog.text and "held out" not in caplog.text

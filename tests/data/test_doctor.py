@@ -63,7 +63,7 @@ def test_doctor_finds_every_planted_problem(planted, capsys):
         main(["--data_dir", str(planted), "--layout", "folder", "--no_progress"])
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
-    assert "pairs: train 11" in out and "image sizes: 32x24 .. 32x24" in out
+    assert "pairs: train 11" in out and "image sizes: all 32x24 (W x H)" in out
     assert "problems: 7" in out
     lines = [line for line in out.splitlines() if line.startswith("  [")]
     for file, (kind, found, fix) in EXPECTED.items():
@@ -74,6 +74,22 @@ def test_doctor_finds_every_planted_problem(planted, capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith("     ") and line.split()[0].isdigit()]
     counts = {row[1]: int(row[2]) for row in rows}
     assert counts == {"background": 6 * 20 * 16, "road": 6 * 20 * 16, "sky": 6 * 4 * 32}
+
+
+def test_doctor_reports_real_image_sizes_not_mixed_axes(tmp_path, capsys):
+    """Wide 100x10 and tall 10x100 images: a per-axis range would show 10x10 .. 100x100, sizes no image has."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, size in (("wide", (100, 10)), ("tall", (10, 100)), ("square0", (40, 40)), ("square1", (40, 40))):
+        save_pair(tmp_path, name, np.zeros(size[::-1], dtype=np.uint8), size=size)
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "background"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data_dir", str(tmp_path), "--layout", "folder", "--no_progress"])
+    assert exit_info.value.code == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("image sizes:"))
+    assert line == (
+        "image sizes: smallest 10x100, largest 40x40, most common 40x40 (2 of 4); 3 distinct sizes (W x H)"
+    ), line
 
 
 def test_doctor_clean_source_and_plot(shared_data, tmp_path, capsys):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, Features, Image
 
 from hfseg.data.labels import MaskError
 from hfseg.errors import HfsegError
+
+logger = logging.getLogger(__name__)
 
 VALIDATION_SPLIT_NAMES = ("validation", "val", "valid", "test")
 
@@ -80,8 +83,16 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
     if validation_split is None:
         held_out = dataset[train_split].train_test_split(test_size=data_args.validation_fraction, seed=seed)
         splits = {"train": held_out["train"], "validation": held_out["test"]}
+        fraction = data_args.validation_fraction
+        origin = {
+            "train": f"split '{train_split}' less the held-out part",
+            "validation": f"the part held out from split '{train_split}' (--validation_fraction {fraction}: the "
+            f"source has no validation split among {list(dataset)}; name one with --validation_split)",
+        }
     else:
         splits = {"train": dataset[train_split], "validation": dataset[validation_split]}
+        origin = {"train": f"split '{train_split}'", "validation": f"split '{validation_split}'"}
+    sizes = {name: len(rows) for name, rows in splits.items()}
     for name, cap in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if cap is not None and len(splits[name]) > cap:
             splits[name] = splits[name].select(range(cap))
@@ -90,6 +101,9 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
                 f"the {name} split is empty; check --{'train' if name == 'train' else 'validation'}_split "
                 "and the data source"
             )
+    for name, rows in splits.items():
+        capped = f" (capped from {sizes[name]})" if len(rows) < sizes[name] else ""
+        logger.info("%s: %d pairs%s from %s", name, len(rows), capped, origin[name])
     return DatasetDict(splits)
 
 

@@ -1,5 +1,6 @@
 """Paired folders: `images/` + `masks/` matched by file stem (suffixes like `_gt` or `_P` stripped), split
-folders or split files, or a CSV/JSON list of pairs. The other native layouts build on `pair_folders`.
+folders (`images/train` + `masks/train`, `train_images` + `train_segmentations`, `train/image` + `train/label`) or
+split files, or a CSV/JSON list of pairs. The other native layouts build on `pair_folders`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 IMAGE_DIR_NAMES = ("images", "imgs", "img_dir", "image", "img", "JPEGImages", "leftImg8bit", "rgb")
 MASK_DIR_NAMES = ("masks", "labels", "ann_dir", "annotations", "gts", "gt", "mask", "label", "SegmentationClass")
+MASK_DIR_NAMES += ("segmentations", "segmentation")
 #: Suffixes tried, in order of preference, when --image_suffix/--mask_suffix are not given.
 IMAGE_SUFFIXES = ("", "_img", "_image", "_leftImg8bit", "_sat", "_rgb", "_RGB")
 MASK_SUFFIXES = ("", "_P", "_gt", "_mask", "_label", "_labels", "_seg", "_L", "_lbl", "_gtFine_labelTrainIds")
@@ -99,9 +101,42 @@ def find_dir(root: Path, given: str | None, names: tuple[str, ...], what: str, f
     for name in names:
         if (root / name).is_dir():
             return root / name
+    pairs_hint = " (or list the pairs in --pairs_file, a CSV image,mask[,split])" if flag != "--split_dir" else ""
     raise HfsegError(
         f"{root}: no {what} folder found (looked for {', '.join(names)}); set {flag} to the folder of {what}"
+        + pairs_hint
     )
+
+
+def split_layout_dirs(root: Path) -> dict[str, tuple[Path, Path]]:
+    """`{split: (image folder, mask folder)}` of split-first layouts, or {} when `root` has none.
+
+    `train_images/` + `train_segmentations/` (LIP: SPLIT_IMAGENAME + SPLIT_MASKNAME) or `train/image/` +
+    `train/label/` (a split folder holding one image and one mask folder).
+    """
+    found = {}
+    for folder, split in SPLIT_FOLDERS.items():
+        for parent, pattern in ((root, f"{folder}_{{}}"), (root / folder, "{}")):
+            image_dir, mask_dir = (
+                next((parent / pattern.format(n) for n in names if (parent / pattern.format(n)).is_dir()), None)
+                for names in (IMAGE_DIR_NAMES, MASK_DIR_NAMES)
+            )
+            if image_dir and mask_dir:
+                found[split] = (image_dir, mask_dir)
+                break
+    return found
+
+
+def pair_split_folders(
+    folders: dict[str, tuple[Path, Path]], image_suffix: str | None = None, mask_suffix: str | None = None
+) -> tuple[dict[str, list[tuple[Path, Path]]], list[Problem]]:
+    """`{split: (image folder, mask folder)}` -> pairs per split and the unpaired files of all splits."""
+    pairs, problems = {}, []
+    for split, (image_dir, mask_dir) in folders.items():
+        found, missing = pair_folders(image_dir, mask_dir, image_suffix, mask_suffix)
+        pairs[split] = list(found.values())
+        problems += missing
+    return pairs, problems
 
 
 def split_pairs(
@@ -120,12 +155,8 @@ def split_pairs(
         if child.is_dir() and child.name in split_names and (mask_dir / child.name).is_dir()
     ]
     if split_folders:
-        pairs, problems = {}, []
-        for folder in split_folders:
-            found, missing = pair_folders(image_dir / folder, mask_dir / folder, image_suffix, mask_suffix)
-            pairs[SPLIT_FOLDERS[folder]] = list(found.values())
-            problems += missing
-        return pairs, problems
+        folders = {SPLIT_FOLDERS[folder]: (image_dir / folder, mask_dir / folder) for folder in split_folders}
+        return pair_split_folders(folders, image_suffix, mask_suffix)
     found, problems = pair_folders(image_dir, mask_dir, image_suffix, mask_suffix)
     if split_dir is not None:
         return pairs_from_split_files(found, split_dir, problems)
@@ -208,12 +239,20 @@ def id2label_in(data_dir: Path) -> dict[int, str] | None:
 
 def load_folder(data_dir: Path, data_args) -> SourceData:
     """`--layout folder`: images and masks paired by stem (see the module docstring)."""
+    split_dirs = {} if data_args.image_dir or data_args.mask_dir else split_layout_dirs(data_dir)
     if data_args.pairs_file:
         pairs_file = Path(data_args.pairs_file)
-        pairs_file = pairs_file if pairs_file.is_absolute() else data_dir / pairs_file
+        if not pairs_file.is_file() and not pairs_file.is_absolute():  # the current folder first, then data_dir
+            pairs_file = data_dir / pairs_file
+        if not pairs_file.is_file():
+            raise HfsegError(
+                f"--pairs_file {data_args.pairs_file}: no such file in the current folder nor in {data_dir}"
+            )
         pairs = read_pairs_file(pairs_file)
         problems = missing_files(pairs, pairs_file)
         pairs = {split: [p for p in rows if p[0].is_file() and p[1].is_file()] for split, rows in pairs.items()}
+    elif split_dirs and not any((data_dir / name).is_dir() for name in IMAGE_DIR_NAMES):
+        pairs, problems = pair_split_folders(split_dirs, data_args.image_suffix, data_args.mask_suffix)
     else:
         image_dir = find_dir(data_dir, data_args.image_dir, IMAGE_DIR_NAMES, "images", "--image_dir")
         mask_dir = find_dir(data_dir, data_args.mask_dir, MASK_DIR_NAMES, "masks", "--mask_dir")

@@ -202,7 +202,15 @@ def split_streaming(dataset: IterableDatasetDict, data_args) -> IterableDatasetD
             )
         validation = train.take(data_args.max_eval_samples)
         train = train.skip(data_args.max_eval_samples)
+        logger.info(
+            "validation: the first %d rows of streamed split '%s', held out (no validation split among %s); "
+            "train: the rest",
+            data_args.max_eval_samples,
+            train_split,
+            list(dataset),
+        )
     else:
+        logger.info("streaming: train from split '%s', validation from split '%s'", train_split, validation_split)
         validation = dataset[validation_split]
         if data_args.max_eval_samples:
             validation = validation.take(data_args.max_eval_samples)
