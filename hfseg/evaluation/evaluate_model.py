@@ -20,9 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from hfseg.config import DataArguments, SegTrainingArguments
+from hfseg.config import DataArguments, SegArgumentParser, SegTrainingArguments
 from hfseg.data.adapters import label_spec_for_model, open_source, with_saved_ignore_index
 from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, row_files, split_train_validation
 from hfseg.data.collate import collate_segmentation
@@ -63,7 +61,7 @@ class EvaluateArguments:
 
 
 def parse_evaluate_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((EvaluateArguments, DataArguments, SegTrainingArguments))
+    parser = SegArgumentParser((EvaluateArguments, DataArguments, SegTrainingArguments))
     parser.prog = "hfseg evaluate"
     parser.set_defaults(output_dir="outputs/eval", ignore_index=None)  # None: the model's (LabelSpec.from_config)
     try:

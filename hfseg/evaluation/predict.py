@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
-from transformers import HfArgumentParser
 
-from hfseg.config import SegTrainingArguments
+from hfseg.config import SegArgumentParser, SegTrainingArguments
 from hfseg.data.checks import read_problem
 from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
@@ -78,7 +77,7 @@ def inference_arguments_class():
 
 
 def parse_predict_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((PredictArguments, inference_arguments_class()))
+    parser = SegArgumentParser((PredictArguments, inference_arguments_class()))
     parser.prog = "hfseg predict"
     try:
         predict_args, inference_args = parser.parse_args_into_dataclasses(args=argv)
