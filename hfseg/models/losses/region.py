@@ -33,8 +33,6 @@ def tversky_loss(
     mean over all classes.
     """
     valid = labels != ignore_index
-    if not valid.any():
-        return zero_loss(logits)
     predicted = probabilities(logits) * valid.unsqueeze(1)
     target = targets(logits, labels, valid)
     dims = (0, 2, 3)
@@ -46,7 +44,8 @@ def tversky_loss(
     loss = 1.0 - (true_positives + smooth) / denominator.clamp_min(eps)
     if skip_absent:
         loss = loss * (target_sums > 0)
-    return loss.mean()
+    # An all-ignored crop scores 0; chosen on the device, as an `if` here would sync it every step.
+    return torch.where(valid.any(), loss.mean(), zero_loss(logits))
 
 
 def jaccard_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
