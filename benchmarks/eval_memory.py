@@ -13,7 +13,7 @@ allocation is recorded with the size it asked for (torch's or numpy's own error)
 the larger of the two is a measured lower bound of the memory that run needs, and the ratio is reported as ">=".
 
     python benchmarks/eval_memory.py            # B0 (SegformerConfig()), 150 labels, N = 4, 8, 16, eval batch 2
-    python benchmarks/eval_memory.py --full     # the issue's N = 50, 200, 500 (~40 minutes on 2 CPU cores)
+    python benchmarks/eval_memory.py --full     # N = 50, 200, 500 (~40 minutes on 2 CPU cores)
     python benchmarks/eval_memory.py --quick    # CI-sized
 """
 
@@ -241,7 +241,7 @@ def run_configuration(config: dict) -> dict:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="The issue's sizes: N = 50, 200, 500 (slow).")
+    parser.add_argument("--full", action="store_true", help="The large sizes: N = 50, 200, 500 (slow).")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="Numbers of images N to evaluate.")
     parser.add_argument("--batch_size", type=int, default=2, help="per_device_eval_batch_size (both methods).")
     parser.add_argument(

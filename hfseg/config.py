@@ -65,7 +65,7 @@ class ModelArguments:
             "choices": ["multiclass", "binary"],
         },
     )
-    # --- training (issue 5) ---
+    # --- training ---
     backbone_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -192,7 +192,7 @@ class DataArguments:
         default=False,
         metadata={"help": "Stream a Hub data set instead of downloading it (IterableDataset; needs --max_steps)."},
     )
-    # --- hub (issue 7) ---
+    # --- hub ---
     reference_mean_iou: float | None = field(
         default=None,
         metadata={"help": "The recipe's published validation mIoU (0-1); the model card compares the run with it."},
@@ -218,7 +218,7 @@ class SegmentationArguments:
         default=False,
         metadata={"help": "Evaluate under bfloat16 autocast (weights stay fp32; logits are scored in fp32)."},
     )
-    # --- evaluation (issue 6) ---
+    # --- evaluation ---
     eval_mode: str = field(
         default="whole",
         metadata={
@@ -255,7 +255,7 @@ class SegmentationArguments:
     eval_crop_batch_size: int = field(
         default=8, metadata={"help": "Slide mode: windows per forward pass (bounds inference memory)."}
     )
-    # --- training (issue 5) ---
+    # --- training ---
     loss: str = field(
         default="ce",
         metadata={

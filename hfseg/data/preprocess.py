@@ -95,7 +95,8 @@ class CheckedPairs(torch.utils.data.Dataset):
 
     A failing `dataset[index]` is inspected again from its undecoded row (as `hfseg doctor` would): a broken
     pair raises `BadPair` naming the file, split and row and the fixes; with `skipped_file` the pair is appended
-    to that file and the next usable pair stands in for it (the batch keeps its size). A failure that the pair's
+    to that file and the next usable pair stands in for it (the batch keeps its size; outside the train split
+    its labels are all ignored, so no pair is scored twice). A failure that the pair's
     files do not explain is raised as it is.
     """
 
@@ -117,7 +118,7 @@ class CheckedPairs(torch.utils.data.Dataset):
             if position in self.skipped:  # found broken in an earlier epoch: not decoded again
                 continue
             try:
-                return self.dataset[position]
+                example = self.dataset[position]
             except Exception as error:
                 problems = self.problems_at(position)
                 if not problems:
@@ -134,6 +135,11 @@ class CheckedPairs(torch.utils.data.Dataset):
                 with self.skipped_file.open("a") as listing:  # appended: DataLoader workers each add their own
                     listing.write(f"{where}\t{problems[0].file}\t{problems[0].found}\n")
                 logger.warning("--skip_bad_samples: skipping %s: %s", where, problems[0])
+                continue
+            if position != int(index) and self.split != "train":
+                # A stand-in keeps the batch's size but must not be scored twice: all of its pixels are ignored.
+                example = {**example, "labels": torch.full_like(example["labels"], self.spec.ignore_index)}
+            return example
         raise HfsegError(f"no pair of the {self.split} split can be read; fix the data (see `hfseg doctor`)")
 
     def problems_at(self, position: int) -> list:

@@ -74,6 +74,12 @@ def test_skip_bad_samples_replaces_the_pair_and_lists_it(late_break, tmp_path, c
     for _ in range(2):  # two epochs: listed once
         for dataset in splits.values():
             assert all(dataset[index]["labels"].shape == (24, 32) for index in range(len(dataset)))
+    stand_ins = {
+        name: [dataset[position]["labels"] for position in dataset.skipped] for name, dataset in splits.items()
+    }
+    assert sum(len(labels) for labels in stand_ins.values()) == 1
+    for name, labels in stand_ins.items():  # a validation stand-in is scored nowhere: all its pixels are ignored
+        assert all((label == 255).all() if name != "train" else (label != 255).any() for label in labels)
     with caplog.at_level("WARNING"):
         (line,) = report_skipped(listing)
     assert line.split("\t")[1] == str(late_break / "images" / "zz_cut.jpg") and "row" in line.split("\t")[0]
