@@ -346,6 +346,18 @@ class SegTrainingArguments(TrainingArguments):
             "of blocks or stages. mmsegmentation's ConvNeXt configs use 6."
         },
     )
+    # --- efficient fine-tuning ---
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the heads only: the encoder's weights frozen and its BatchNorm statistics fixed (eval "
+            "mode) for the whole run (see --freeze_backbone_steps)."
+        },
+    )
+    freeze_backbone_steps: int = field(
+        default=0,
+        metadata={"help": "Freeze the encoder for the first N optimizer steps, then train everything (0 = off)."},
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SegTrainingArguments)

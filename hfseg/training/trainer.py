@@ -16,7 +16,9 @@ from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import processor_input_size
+from hfseg.models.freezing import backbone_parameter_names
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
+from hfseg.training.backbone_freezing import FreezeBackboneCallback
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
 from hfseg.training.interrupts import StopOnNonFiniteLoss, current_learning_rate
 
@@ -30,7 +32,8 @@ class SegTrainer(Trainer):
             fields of `args`, slide defaults from the image processor's size.
         loss_fn: `hfseg.models.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
             None keeps the model's own loss.
-        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple.
+        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple;
+        `args.freeze_backbone` / `args.freeze_backbone_steps` freeze the encoder (`FreezeBackboneCallback`).
     """
 
     def __init__(
@@ -56,6 +59,9 @@ class SegTrainer(Trainer):
         if getattr(self.args, "channels_last", False):
             self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
+        self.unfreeze_step = getattr(self.args, "freeze_backbone_steps", 0)
+        if getattr(self.args, "freeze_backbone", False) or self.unfreeze_step:
+            self.add_callback(FreezeBackboneCallback(self.model, self.unfreeze_step))
         self.loss_guard = StopOnNonFiniteLoss()
         self.add_callback(self.loss_guard)
         self._auxiliary_logits = None
@@ -111,6 +117,8 @@ class SegTrainer(Trainer):
             head_lr_mult=getattr(self.args, "head_lr_mult", 1.0),
             layer_decay_rate=getattr(self.args, "layer_decay_rate", 1.0),
             layer_decay_num_layers=getattr(self.args, "layer_decay_num_layers", None),
+            # The same groups before and after unfreezing, so a resumed optimizer state always matches.
+            also_frozen=backbone_parameter_names(model) if self.unfreeze_step else frozenset(),
         )
         groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
