@@ -69,6 +69,25 @@ class ModelArguments:
             "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224); the heads start random."
         },
     )
+    # --- efficient fine-tuning ---
+    peft: str = field(
+        default="none",
+        metadata={
+            "help": "Parameter-efficient fine-tuning through the peft library: lora (adapters on the encoder, heads "
+            "trained in full); the output is the merged model, plus the adapter alone in output_dir/adapter.",
+            "choices": ["none", "lora"],
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "--peft lora: rank of the adapters."})
+    lora_alpha: float = field(default=16, metadata={"help": "--peft lora: scaling (updates x alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "--peft lora: dropout on the adapters' input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "--peft lora: encoder module names to adapt (default per encoder: q_proj v_proj for SegFormer, "
+            "Swin, BEiT, DPT, DINOv2; pwconv1 pwconv2 for ConvNeXt)."
+        },
+    )
 
 
 @dataclass
