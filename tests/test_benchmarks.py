@@ -162,3 +162,14 @@ def test_gpu_quick(tmp_path):
     assert {row["method"] for row in train} == {"ours", "bare"} and all(row["images_per_s"] > 0 for row in train)
     assert {row["mode"] for row in rows if "mode" in row} == {"whole", "slide"}
     assert document["anchors"]["mmsegmentation_ade20k_fps_v100"]["segformer-b0"] == 51.3
+
+
+@pytest.mark.slow
+def test_efficient_finetune_quick(tmp_path):
+    document = run_quick("efficient_finetune", tmp_path)
+    by_method = {result["method"]: result for result in document["results"]}
+    assert set(by_method) == {"full", "freeze_backbone", "lora"}
+    assert by_method["full"]["trainable_share"] == 1
+    assert by_method["freeze_backbone"]["trainable"] < by_method["full"]["trainable"]
+    assert by_method["lora"]["total"] > by_method["full"]["total"]  # the adapters add parameters
+    assert all(result["s_per_step"] > 0 for result in by_method.values())
