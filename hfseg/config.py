@@ -73,6 +73,25 @@ class ModelArguments:
             "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224); the heads start random."
         },
     )
+    # --- efficient fine-tuning ---
+    peft: str = field(
+        default="none",
+        metadata={
+            "help": "Parameter-efficient fine-tuning through the peft library: lora (adapters on the encoder, heads "
+            "trained in full); the output is the merged model, plus the adapter alone in output_dir/adapter.",
+            "choices": ["none", "lora"],
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "--peft lora: rank of the adapters."})
+    lora_alpha: float = field(default=16, metadata={"help": "--peft lora: scaling (updates x alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "--peft lora: dropout on the adapters' input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "--peft lora: encoder module names to adapt (default per encoder: q_proj v_proj for SegFormer, "
+            "Swin, BEiT, DPT, DINOv2; pwconv1 pwconv2 for ConvNeXt)."
+        },
+    )
 
 
 @dataclass
@@ -331,6 +350,18 @@ class SegmentationArguments:
             "of blocks or stages. mmsegmentation's ConvNeXt configs use 6."
         },
     )
+    # --- efficient fine-tuning ---
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the heads only: the encoder's weights frozen and its BatchNorm statistics fixed (eval "
+            "mode) for the whole run (see --freeze_backbone_steps)."
+        },
+    )
+    freeze_backbone_steps: int = field(
+        default=0,
+        metadata={"help": "Freeze the encoder for the first N optimizer steps, then train everything (0 = off)."},
+    )
 
 
 # `hfseg finetune --help` sections, in this order: hfseg's own fields first, Trainer's last. A field not named here
@@ -498,6 +529,40 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     return model_args, data_args, training_args
 
 
+MULTICLASS_LOSSES = ("ce", "ohem", "focal", "dice", "tversky", "jaccard", "lovasz")
+BINARY_LOSSES = ("bce", "focal", "dice", "tversky", "jaccard", "lovasz")
+LOSSES = ("ce", "dice", "ce_dice", "ohem", "focal", "tversky", "jaccard", "lovasz", "bce")
+TASKS = ("multiclass", "binary")
+
+
+def parse_loss(spec: str, dice_weight: float = 1.0) -> list[tuple[str, float]]:
+    """`ce:1,lovasz:0.5` -> [("ce", 1.0), ("lovasz", 0.5)]; a bare name weighs 1; `ce_dice` is `ce:1,dice:W`
+    with W = `dice_weight`."""
+    terms = []
+    for part in spec.replace(" ", "").split(","):
+        name, _, weight = part.partition(":")
+        if name == "ce_dice" and not weight:
+            terms += [("ce", 1.0), ("dice", dice_weight)]
+            continue
+        if name not in LOSSES or name == "ce_dice":
+            raise HfsegError(
+                f"--loss '{spec}': unknown loss '{name}'; use one of {', '.join(LOSSES)}, optionally weighted and "
+                "comma-separated, e.g. ce:1,lovasz:0.5"
+            )
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError as error:
+            raise HfsegError(
+                f"--loss '{spec}': weight '{weight}' of {name} is not a number; write e.g. {name}:0.5"
+            ) from error
+        if value < 0:
+            raise HfsegError(f"--loss '{spec}': weight of {name} is {value}; weights must be >= 0")
+        terms.append((name, value))
+    if len({name for name, _ in terms}) != len(terms):
+        raise HfsegError(f"--loss '{spec}' names a loss twice; give each loss once with its weight")
+    return terms
+
+
 def check_own_flags(argv: list[str]) -> tuple:
     """Parse hfseg's own flags (OWN_ARGUMENT_CLASSES) without torch; a wrong value raises `HfsegError`.
 
@@ -506,9 +571,11 @@ def check_own_flags(argv: list[str]) -> tuple:
     parser = SegArgumentParser(OWN_ARGUMENT_CLASSES, add_help=False, allow_abbrev=False)
     parser.error = _flag_error
     try:
-        return tuple(parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True))
+        parsed = tuple(parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True))
     except (ValueError, TypeError) as error:
         raise HfsegError(f"invalid configuration: {error}; see `hfseg finetune --help` for the flags") from None
+    parse_loss(parsed[2].loss, parsed[2].dice_weight)  # a wrong --loss spec is named before torch loads
+    return parsed
 
 
 def parse_data_args(argv: list[str]) -> DataArguments:

@@ -33,6 +33,16 @@ from hfseg.hub.network import hub_sources, require_hub_sources
 from hfseg.hub.push import prepare_hub_push, push_finished_run
 from hfseg.models.binary import check_binary_options, export_binary_head
 from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
+from hfseg.models.lora import (
+    apply_lora,
+    is_peft_model,
+    merged_model,
+    parameter_counts,
+    read_parameter_counts,
+    save_adapter,
+    training_method,
+    write_parameter_counts,
+)
 from hfseg.models.losses import build_loss, training_masks
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.training.interrupts import train
@@ -91,6 +101,11 @@ def run(model_args, data_args, training_args) -> dict:
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
     spec.save_to_config(model.config)  # config.json carries the label handling to evaluate, predict and the Hub
+    method = training_method(model_args, training_args)
+    if method == "lora":  # adapters on the encoder, heads in full; merged back into a plain model after training
+        model = apply_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
     train_masks = training_masks(
         source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
     )
@@ -109,10 +124,19 @@ def run(model_args, data_args, training_args) -> dict:
         inference_options=inference_options,
         loss_fn=loss_fn,
     )
+    counts = parameter_counts(trainer.model, method)  # after SegTrainer froze the encoder, if asked
+    logger.info("trainable parameters: %d of %d (%.2f%%, %s)", counts["trainable"], counts["total"],
+                100 * counts["share"], method)  # fmt: skip
     mark_incomplete(training_args)  # output_dir marked unfinished until its last file is written
     if skipped_file is not None and resume_from_checkpoint is None and training_args.process_index == 0:
         skipped_file.unlink(missing_ok=True)  # an earlier run's list (--overwrite_output_dir)
     train(trainer, resume_from_checkpoint)  # SIGINT/SIGTERM: checkpoint + how to resume; NaN loss: clear stop
+    if trainer.args.should_save:
+        write_parameter_counts(training_args.output_dir, counts)  # the card reads it
+    if is_peft_model(trainer.model):  # adapter alone in output_dir/adapter; the merged model is what gets saved
+        if trainer.args.should_save:
+            save_adapter(trainer.model, training_args.output_dir)
+        trainer.model = trainer.model_wrapped = merged_model(trainer.model)
     if model_args.task == "binary":  # saved as a two-class head that the plain pipeline thresholds by argmax
         export_binary_head(trainer.model, spec.id2label, training_args.threshold)
     save_final_model(trainer)  # temp dir + atomic renames
@@ -182,6 +206,7 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
         dataset_name=data_args.dataset_name or data_args.layout,
         predictions_image="predictions.png" if preview_rows else None,
         model_ref=training_args.hub_model_id or str(output_dir),
+        parameter_counts=read_parameter_counts(output_dir),
     )
     logger.info("saved model, processor, card and pictures to %s", output_dir)
     logger.info("eval metrics: %s", json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))

@@ -181,3 +181,14 @@ def test_startup_quick(tmp_path):
     commands = [result["command"] for result in document["results"]]
     assert commands[0] == "hfseg --help" and "hfseg finetune --crop_size large" in commands
     assert all(result["ours"]["min_s"] > 0 for result in document["results"])
+
+
+@pytest.mark.slow
+def test_efficient_finetune_quick(tmp_path):
+    document = run_quick("efficient_finetune", tmp_path)
+    by_method = {result["method"]: result for result in document["results"]}
+    assert set(by_method) == {"full", "freeze_backbone", "lora"}
+    assert by_method["full"]["trainable_share"] == 1
+    assert by_method["freeze_backbone"]["trainable"] < by_method["full"]["trainable"]
+    assert by_method["lora"]["total"] > by_method["full"]["total"]  # the adapters add parameters
+    assert all(result["s_per_step"] > 0 for result in by_method.values())

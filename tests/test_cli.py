@@ -29,9 +29,9 @@ def test_help_doctor_and_flag_errors_answer_without_torch(shared_data, tmp_path)
     runs = [
         ["--help"],
         ["doctor", "--help"],
-        [*doctor, "--id2label_file", str(id2label)],
+        [*doctor, "--id2label_file", str(id2label), "--label_map", '{"0": 0, "255": 1}'],  # 255 = cell
         ["finetune", "--crop_size", "large"],
-        ["finetune", "--loss", "focal"],
+        ["finetune", "--loss", "ce:1,lovasz:x"],
     ]
     result = subprocess.run(
         [sys.executable, "-c", NO_TORCH_RUN, json.dumps(runs)],
@@ -44,7 +44,7 @@ def test_help_doctor_and_flag_errors_answer_without_torch(shared_data, tmp_path)
     assert report == {"codes": [0, 0, 0, 2, 2], "torch": False, "transformers_training": False}, result.stderr
     assert "image sizes: all 512x512" in result.stdout
     assert "--crop_size/--crop-size: invalid int value: 'large'" in result.stderr
-    assert "invalid choice: 'focal'" in result.stderr
+    assert "weight 'x' of lovasz is not a number" in result.stderr
 
 
 def test_public_names_load_on_first_use():

@@ -15,6 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 from hfseg.config import RESOLVED_CONFIG_NAME
 from hfseg.errors import HfsegError
 from hfseg.hub.network import is_local
+from hfseg.models.lora import read_parameter_counts
 
 CARD_NAME = "README.md"
 PREDICTIONS_NAME = "predictions.png"
@@ -142,6 +143,7 @@ def build_model_card(
     predictions_image: str | None = None,
     model_ref: str | None = None,
     license: str | None = None,
+    parameter_counts: dict | None = None,
 ) -> ModelCard:
     """A `ModelCard` whose metadata holds the eval results as a `model-index`.
 
@@ -159,6 +161,7 @@ def build_model_card(
         predictions_image: relative path of the prediction-overlay picture shown in the card.
         model_ref: what `pipeline(model=...)` loads in the usage snippet (a Hub id or a local path).
         license: license id of the card metadata (default: `card_license`, else apache-2.0).
+        parameter_counts: {method, trainable, total, share} of the run (its `trainable_parameters.json`).
 
     Raises:
         HfsegError: `mean_iou` is NaN (nothing labelled was scored), which is no result to publish.
@@ -213,6 +216,11 @@ def build_model_card(
     if (config.get("max_steps") or -1) > 0 and "num_train_epochs" in shown:  # max_steps wins over epochs
         shown.remove("num_train_epochs")
     hyperparameters = "\n".join(f"- {key}: {config[key]}" for key in shown)
+    if parameter_counts:
+        hyperparameters += (
+            f"\n- trained parameters ({parameter_counts['method']}): {parameter_counts['trainable']:,} of "
+            f"{parameter_counts['total']:,} ({100 * parameter_counts['share']:.2f}%)"
+        ).lstrip("\n")
     scored = sorted((float(iou), i) for i, iou in enumerate(ious) if not math.isnan(float(iou)))
     weakest = ", ".join(f"`{id2label.get(i, str(i))}` ({iou:.4f})" for iou, i in scored[:3])
     weakest_line = f"\n\nWeakest classes on the evaluation set (IoU): {weakest}." if len(scored) > 1 else ""
@@ -284,4 +292,5 @@ def card_from_run(output_dir: str | Path, model_ref: str | None = None, model_na
         config=config,
         predictions_image=PREDICTIONS_NAME if (output_dir / PREDICTIONS_NAME).is_file() else None,
         model_ref=model_ref or str(output_dir),
+        parameter_counts=read_parameter_counts(output_dir),
     )

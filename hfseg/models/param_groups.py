@@ -96,6 +96,7 @@ def parameter_groups(
     head_lr_mult: float = 1.0,
     layer_decay_rate: float = 1.0,
     layer_decay_num_layers: int | None = None,
+    also_frozen: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict]:
     """Trainable parameters split into groups: (encoder | head) x (decay | no decay) x (encoder depth, with
     layer-wise decay).
@@ -107,13 +108,15 @@ def parameter_groups(
     Args:
         layer_decay_rate: the lr of encoder layer id is multiplied by `rate ** (top - id)` (1.0 = off);
             see `layer_lr_scales`.
+        also_frozen: names of parameters frozen now that join training later (`--freeze_backbone_steps`): they
+            are in the groups from the start, gradient-less (the optimizer skips them) until they are unfrozen.
     """
     heads = head_parameter_names(model) if head_lr_mult != 1.0 else set()
     no_decay = no_decay_parameter_names(model)
     scales = layer_lr_scales(model, layer_decay_rate, layer_decay_num_layers) if layer_decay_rate != 1.0 else {}
     groups: dict[tuple[bool, bool, float], dict] = {}
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad and name not in also_frozen:
             continue
         is_head, decays, scale = name in heads, name not in no_decay, scales.get(name, 1.0)
         group = groups.setdefault(

@@ -16,7 +16,10 @@ from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import processor_input_size
+from hfseg.models.freezing import backbone_parameter_names
+from hfseg.models.lora import base_model_of, is_peft_model, load_adapter_weights
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
+from hfseg.training.backbone_freezing import FreezeBackboneCallback
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
 from hfseg.training.interrupts import StopOnNonFiniteLoss, current_learning_rate
 
@@ -30,7 +33,8 @@ class SegTrainer(Trainer):
             fields of `args`, slide defaults from the image processor's size.
         loss_fn: `hfseg.models.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
             None keeps the model's own loss.
-        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple.
+        Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple;
+        `args.freeze_backbone` / `args.freeze_backbone_steps` freeze the encoder (`FreezeBackboneCallback`).
     """
 
     def __init__(
@@ -56,6 +60,9 @@ class SegTrainer(Trainer):
         if getattr(self.args, "channels_last", False):
             self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
+        self.unfreeze_step = getattr(self.args, "freeze_backbone_steps", 0)
+        if getattr(self.args, "freeze_backbone", False) or self.unfreeze_step:
+            self.add_callback(FreezeBackboneCallback(self.model, self.unfreeze_step))
         self.loss_guard = StopOnNonFiniteLoss()
         self.add_callback(self.loss_guard)
         self._auxiliary_logits = None
@@ -105,12 +112,14 @@ class SegTrainer(Trainer):
         if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
             return super().create_optimizer(model)  # optimizers that pick their own parameters (GaLore, LOMO...)
         groups = parameter_groups(
-            model,
+            base_model_of(model),
             self.args.learning_rate,
             self.args.weight_decay,
             head_lr_mult=getattr(self.args, "head_lr_mult", 1.0),
             layer_decay_rate=getattr(self.args, "layer_decay_rate", 1.0),
             layer_decay_num_layers=getattr(self.args, "layer_decay_num_layers", None),
+            # The same groups before and after unfreezing, so a resumed optimizer state always matches.
+            also_frozen=backbone_parameter_names(base_model_of(model)) if self.unfreeze_step else frozenset(),
         )
         groups = [{key: value for key, value in group.items() if key != "names"} for group in groups]
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -136,11 +145,15 @@ class SegTrainer(Trainer):
         """Weights through `from_pretrained` (Trainer's raw, non-strict load misses renamed keys)."""
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if is_peft_model(self.model):
+            return load_adapter_weights(self.model, resume_from_checkpoint)
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
 
     def _load_best_model(self):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_best_model()
+        if is_peft_model(self.model):
+            return load_adapter_weights(self.model, self.state.best_model_checkpoint)
         load_checkpoint_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -11,44 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hfseg.config import BINARY_LOSSES, LOSSES, MULTICLASS_LOSSES, TASKS, parse_loss
 from hfseg.errors import HfsegError
 from hfseg.models.losses.class_weights import check_class_weights, class_weights_from_counts, count_label_pixels
 from hfseg.models.losses.lovasz import lovasz_hinge, lovasz_softmax
 from hfseg.models.losses.pixelwise import binary_cross_entropy, cross_entropy, focal_loss, ohem_cross_entropy
 from hfseg.models.losses.region import dice_loss, jaccard_loss, tversky_loss
-
-MULTICLASS_LOSSES = ("ce", "ohem", "focal", "dice", "tversky", "jaccard", "lovasz")
-BINARY_LOSSES = ("bce", "focal", "dice", "tversky", "jaccard", "lovasz")
-LOSSES = ("ce", "dice", "ce_dice", "ohem", "focal", "tversky", "jaccard", "lovasz", "bce")
-TASKS = ("multiclass", "binary")
-
-
-def parse_loss(spec: str, dice_weight: float = 1.0) -> list[tuple[str, float]]:
-    """`ce:1,lovasz:0.5` -> [("ce", 1.0), ("lovasz", 0.5)]; a bare name weighs 1; `ce_dice` is `ce:1,dice:W`
-    with W = `dice_weight`."""
-    terms = []
-    for part in spec.replace(" ", "").split(","):
-        name, _, weight = part.partition(":")
-        if name == "ce_dice" and not weight:
-            terms += [("ce", 1.0), ("dice", dice_weight)]
-            continue
-        if name not in LOSSES or name == "ce_dice":
-            raise HfsegError(
-                f"--loss '{spec}': unknown loss '{name}'; use one of {', '.join(LOSSES)}, optionally weighted and "
-                "comma-separated, e.g. ce:1,lovasz:0.5"
-            )
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError as error:
-            raise HfsegError(
-                f"--loss '{spec}': weight '{weight}' of {name} is not a number; write e.g. {name}:0.5"
-            ) from error
-        if value < 0:
-            raise HfsegError(f"--loss '{spec}': weight of {name} is {value}; weights must be >= 0")
-        terms.append((name, value))
-    if len({name for name, _ in terms}) != len(terms):
-        raise HfsegError(f"--loss '{spec}' names a loss twice; give each loss once with its weight")
-    return terms
 
 
 class SegmentationLoss(nn.Module):
