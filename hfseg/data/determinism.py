@@ -9,6 +9,7 @@ which process a batch is made.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
 
 import numpy as np
@@ -27,10 +28,16 @@ class SeededSamples(torch.utils.data.Dataset):
     def __init__(self, dataset, seed: int):
         self.dataset = dataset
         self.seed = seed
-        self.epoch = 0
+        # Shared memory: persistent DataLoader workers keep their own copy of the dataset, and read the epoch the
+        # main process sets here.
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.value = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -1,16 +1,25 @@
 """Rows of a source -> model inputs: decode image and mask, apply the `LabelSpec` once, check, transform.
 
-Attached lazily with `Dataset.with_transform`, so images are decoded only when a batch needs them.
+Attached lazily with `Dataset.with_transform`, so images are decoded only when a batch needs them: images straight
+to uint8 tensors by `torchvision.io.decode_image` (EXIF orientation applied), masks through `LabelSpec` (PIL).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
+from datasets import Image as ImageFeature
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
 
 from hfseg.data.adapters.base import undecoded
 from hfseg.data.checks import inspect_pair
@@ -22,10 +31,58 @@ logger = logging.getLogger(__name__)
 #: Where `CheckedPairs` lists the pairs it skipped, in the run's output dir.
 SKIPPED_FILE = "skipped_samples.txt"
 
+#: File signatures of the formats `torchvision.io.decode_image` reads: JPEG, PNG, WebP (RIFF), GIF.
+TORCHVISION_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF8")
+
 
 def describe(image, fallback: str) -> str:
-    """A name for error messages: the file a PIL image was read from, else `fallback`."""
+    """A name for error messages: the file an image was read from (PIL image or undecoded row), else `fallback`."""
+    if isinstance(image, dict):
+        return image.get("path") or fallback
     return getattr(image, "filename", "") or fallback
+
+
+def decode_rgb(image) -> torch.Tensor:
+    """An image (PIL, or an undecoded `datasets.Image` row {'bytes', 'path'}) -> (3, H, W) uint8 RGB tensor,
+    EXIF orientation applied.
+
+    JPEG (CMYK too), PNG, WebP and GIF are decoded by torchvision, with the same pixels as PIL; other formats
+    (TIFF, BMP, ...) and 16-bit PNGs through PIL (`load_rgb`).
+    """
+    if isinstance(image, dict):
+        data = image.get("bytes")
+        if data is None and image.get("path") and os.path.isfile(image["path"]):
+            with open(image["path"], "rb") as file:
+                data = file.read()
+        if data is None:  # a remote path: datasets' own decoder knows how to open it
+            image = ImageFeature().decode_example(image)
+        else:
+            tensor = _decode_with_torchvision(data)
+            if tensor is not None:
+                return tensor
+            image = Image.open(io.BytesIO(data))
+    return TF.pil_to_tensor(load_rgb(image))
+
+
+def _decode_with_torchvision(data: bytes) -> torch.Tensor | None:
+    """(3, H, W) uint8 from encoded bytes, or None for what torchvision does not decode to 8-bit RGB.
+
+    None also for a file torchvision cannot read (truncated, damaged): PIL then reads it or names the problem,
+    as it did before torchvision decoded images.
+    """
+    if not data.startswith(TORCHVISION_SIGNATURES):
+        return None
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            tensor = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
+            )
+        except RuntimeError:
+            return None
+    return tensor if tensor.dtype == torch.uint8 else None  # 16-bit PNGs: PIL's 8-bit conversion, as before
 
 
 def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
@@ -36,6 +93,27 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     labels = spec.labels_of(mask, name)
     check_same_size(labels.shape, rgb.size, name, describe(image, source), orientation)
     return rgb, labels
+
+
+def decode_pair(image, mask, spec: LabelSpec, source: str = "sample") -> tuple[torch.Tensor, np.ndarray]:
+    """A row's image + mask (PIL, or undecoded {'bytes', 'path'}) -> ((3, H, W) uint8 RGB tensor, (H, W) int64
+    labels), sizes checked. Masks are read by PIL and decoded by the `LabelSpec` (palettes, 16-bit)."""
+    name = describe(mask, source)
+    pixels = decode_rgb(image)
+    labels = spec.labels_of(open_image(mask), name)
+    check_same_size(labels.shape, (pixels.shape[-1], pixels.shape[-2]), name, describe(image, source))
+    return pixels, labels
+
+
+def open_image(image) -> Image.Image:
+    """A PIL image as it is; an undecoded `datasets.Image` row {'bytes', 'path'} opened with PIL."""
+    if not isinstance(image, dict):
+        return image
+    if image.get("bytes") is not None:
+        return Image.open(io.BytesIO(image["bytes"]))
+    if image.get("path") and os.path.isfile(image["path"]):
+        return Image.open(image["path"])
+    return ImageFeature().decode_example(image)  # a remote path
 
 
 class RowTransform:
@@ -50,8 +128,8 @@ class RowTransform:
     def __call__(self, batch: dict) -> dict:
         pixel_values, labels = [], []
         for index, (image, mask) in enumerate(zip(batch[self.image_column], batch[self.label_column], strict=True)):
-            rgb, label = encode_pair(image, mask, self.spec, source=f"row {index} of the batch")
-            pixel, label = self.transform(rgb, label)
+            pixels, label = decode_pair(image, mask, self.spec, source=f"row {index} of the batch")
+            pixel, label = self.transform(pixels, label)
             pixel_values.append(pixel)
             labels.append(label)
         return {"pixel_values": pixel_values, "labels": labels}
@@ -72,6 +150,7 @@ def attach_transform(
     (`skipped_file`: listed there and replaced instead).
     """
     row_transform = RowTransform(image_column, label_column, spec, transform)
+    dataset = undecoded(dataset, (image_column, label_column))
     if isinstance(dataset, IterableDataset):
         return StreamedPairs(dataset, row_transform)
     transformed = dataset.with_transform(row_transform)

@@ -133,3 +133,26 @@ def test_dataloader_workers_are_deterministic_given_the_seed(num_workers):
     for (a_pixels, a_labels), (b_pixels, b_labels) in zip(first, second, strict=True):
         assert torch.equal(a_pixels, b_pixels) and torch.equal(a_labels, b_labels)
     assert not torch.equal(first[0][0], other[0][0])
+
+
+def test_photometric_hue_within_one_level_of_colorjitter():
+    """The fast hue step equals torchvision's HSV round trip within 1 uint8 level (float rounding), on < 0.1% of
+    pixels; the other steps and the random draws are ColorJitter's own."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from hfseg.data.transforms import adjust_hue
+
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 96), dtype=np.uint8))
+    for factor in (-0.05, -0.01, 0.003, 0.03, 0.05, 0.5):
+        difference = (adjust_hue(image, factor).int() - TF.adjust_hue(image, factor).int()).abs()
+        assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-3, factor
+    assert not torch.equal(adjust_hue(image, 0.03), image)
+
+
+def test_sixteen_bit_labels_are_not_truncated():
+    image, _ = _pair(height=20, width=24)
+    mask = np.full((20, 24), 300, dtype=np.int64)
+    mask[:, :12] = 1000
+    transform = TrainTransform(16, (1.0, 1.0), 1.0, hflip_prob=0.0, photometric=False)
+    _, labels = transform(image, mask)
+    assert {int(v) for v in labels.unique()} <= {300, 1000} and labels.dtype == torch.int64

@@ -107,10 +107,14 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
     return DatasetDict(splits)
 
 
-def undecoded(dataset: Dataset, columns: tuple[str, str]) -> Dataset:
-    """The dataset with its Image columns left undecoded, so a file is known (and reported) by its path."""
+def undecoded(dataset, columns: tuple[str, ...]):
+    """`dataset` (map-style or streamed) with its `datasets.Image` columns left encoded ({'bytes', 'path'}): a
+    file is known (and reported) by its path, and training decodes images with torchvision instead of PIL.
+    Columns with a `mode` conversion stay as they are."""
+    features = getattr(dataset, "features", None) or {}
     for column in columns:
-        if isinstance(dataset.features.get(column), Image):
+        feature = features.get(column)
+        if isinstance(feature, Image) and feature.decode and feature.mode is None:
             dataset = dataset.cast_column(column, Image(decode=False))
     return dataset
 
