@@ -162,3 +162,15 @@ def test_gpu_quick(tmp_path):
     assert {row["method"] for row in train} == {"ours", "bare"} and all(row["images_per_s"] > 0 for row in train)
     assert {row["mode"] for row in rows if "mode" in row} == {"whole", "slide"}
     assert document["anchors"]["mmsegmentation_ade20k_fps_v100"]["segformer-b0"] == 51.3
+
+
+@pytest.mark.slow
+def test_binary_vs_softmax_quick(tmp_path):
+    document = run_quick("binary_vs_softmax", tmp_path)
+    assert [(result["head"], result["task"], result["loss"]) for result in document["results"]] == [
+        ("binary", "binary", "bce"),
+        ("softmax", "multiclass", "ce"),
+    ]
+    for result in document["results"]:
+        assert 0 <= result["foreground_iou"] <= 1 and result["steps"] == 2
+    assert document["summary"]["gaps"] and document["summary"]["std_over_seeds"] == {"binary": None, "softmax": None}
