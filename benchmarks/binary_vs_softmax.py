@@ -5,7 +5,8 @@ four pairs held out by the seed), the SegFormer config and its initial weights, 
 steps. The figure is the held-out foreground (cell) IoU at the labels' 512x512 resolution, from `hfseg finetune`'s
 own eval_results.json; its spread over seeds is the noise the two heads are compared against.
 
-    python benchmarks/binary_vs_softmax.py          # 300 steps at 128 px, seeds 0-2 (CPU: ~10 min)
+    python benchmarks/binary_vs_softmax.py          # 300 steps at 128 px, seeds 0-2 (~3 s/step on 2 busy cores)
+    python benchmarks/binary_vs_softmax.py --steps 40 --seeds 0 1   # the run reported so far
     python benchmarks/binary_vs_softmax.py --quick  # CI-sized: tiny model, 2 steps, one seed
 """
 
