@@ -65,6 +65,14 @@ class ModelArguments:
             "choices": ["multiclass", "binary"],
         },
     )
+    num_channels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Image channels the model reads (default: the checkpoint's, 3 for RGB). A pretrained RGB "
+            "encoder's first convolution is adapted as timm does: summed for 1, repeated and scaled by 3/N for N. "
+            "The data pipeline reads RGB images only so far, so `hfseg finetune` accepts 3."
+        },
+    )
     # --- training ---
     backbone_name_or_path: str | None = field(
         default=None,

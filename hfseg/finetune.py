@@ -56,6 +56,12 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if model_args.num_channels not in (None, 3):
+        raise HfsegError(
+            f"--num_channels {model_args.num_channels}: hfseg's data pipeline reads images as RGB only so far, so "
+            "a model must read 3 channels to be fine-tuned; leave --num_channels unset (grayscale images are read "
+            "as RGB)"
+        )
     # Checks that need nothing on disk come before the lock, which creates the output dir.
     require_hub_sources(hub_sources(model_args, data_args), model_args.revision)  # every one that cannot load
     prepare_hub_push(training_args)  # the token stays out of saved files; no token or no Hub fails now

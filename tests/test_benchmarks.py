@@ -192,3 +192,15 @@ def test_efficient_finetune_quick(tmp_path):
     assert by_method["freeze_backbone"]["trainable"] < by_method["full"]["trainable"]
     assert by_method["lora"]["total"] > by_method["full"]["total"]  # the adapters add parameters
     assert all(result["s_per_step"] > 0 for result in by_method.values())
+
+
+@pytest.mark.slow
+def test_binary_vs_softmax_quick(tmp_path):
+    document = run_quick("binary_vs_softmax", tmp_path)
+    assert [(result["head"], result["task"], result["loss"]) for result in document["results"]] == [
+        ("binary", "binary", "bce"),
+        ("softmax", "multiclass", "ce"),
+    ]
+    for result in document["results"]:
+        assert 0 <= result["foreground_iou"] <= 1 and result["steps"] == 2
+    assert document["summary"]["gaps"] and document["summary"]["std_over_seeds"] == {"binary": None, "softmax": None}

@@ -329,3 +329,9 @@ def test_doctor_plot_into_a_bad_path_fails_before_the_scan(capsys, tmp_path, rea
         captured = capsys.readouterr()
         assert exit_info.value.code == 2 and "Traceback" not in captured.err
         assert expected in captured.err and captured.out == ""  # no report: the scan never ran
+
+
+def test_num_channels_other_than_rgb_is_refused_before_anything_loads(capsys, tmp_path):
+    message = run_main(capsys, [*tiny_run_args(tmp_path / "out"), "--num_channels", "1"])
+    assert "--num_channels 1: hfseg's data pipeline reads images as RGB only so far" in message
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics, format_per_class_table
 from hfseg.evaluation.visualize import save_confusion_matrix, save_prediction_grid
+from hfseg.models.binary import THRESHOLD_ATTRIBUTE
 from hfseg.models.build import load_for_inference, processor_input_size
 from hfseg.training.trainer import SegTrainer
 
@@ -97,7 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform)
 
     # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
-    metric = TrainerSegmentationMetrics(spec.id2label, spec.ignore_index, keep_per_sample=evaluate_args.worst > 0)
+    metric = TrainerSegmentationMetrics(
+        spec.id2label,
+        spec.ignore_index,
+        keep_per_sample=evaluate_args.worst > 0,
+        foreground=hasattr(model.config, THRESHOLD_ATTRIBUTE),  # a saved --task binary model
+    )
     trainer = SegTrainer(
         model=model,
         args=training_args,

@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
 from hfseg.models.binary import binary_id2label
+from hfseg.models.channels import adapt_model_input_channels
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
         model = AutoModelForSemanticSegmentation.from_config(config)
         if backbone is not None:
             model.backbone.load_state_dict(backbone.state_dict())
-        return model
+        return _with_input_channels(model, model_args)
     name = model_args.model_name_or_path
     if not name:
         raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
@@ -69,9 +70,16 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     config = load_segmentation_config(model_args, overrides)
     for key, value in labels.items():
         setattr(config, key, value)
-    return AutoModelForSemanticSegmentation.from_pretrained(
+    model = AutoModelForSemanticSegmentation.from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
     )
+    return _with_input_channels(model, model_args)
+
+
+def _with_input_channels(model, model_args):
+    """`--num_channels`: the first convolution adapted from the weights it has (pretrained or random)."""
+    num_channels = getattr(model_args, "num_channels", None)
+    return model if num_channels is None else adapt_model_input_channels(model, num_channels)
 
 
 def load_segmentation_config(model_args, overrides: dict | None = None):
