@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = evaluation_split(source, data_args, evaluate_args.split, training_args.seed)
     options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
     eval_transform = eval_transform_for(processor, options)
-    dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform)
+    split = evaluate_args.split or "validation"  # a pair that cannot be read is named by file, split and row
+    dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform, split)
 
     # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
     metric = TrainerSegmentationMetrics(

@@ -288,3 +288,35 @@ def test_evaluate_on_masks_without_labels_is_an_error_not_nan(saved_tiny_model, 
     assert exit_info.value.code == 2
     assert "no labelled pixel in the 2 evaluated images" in capsys.readouterr().err
     assert not (tmp_path / "out" / "eval_results.json").exists()
+
+
+def test_evaluate_names_a_pair_that_cannot_be_read(saved_tiny_model, tmp_path, capsys):
+    """A cut JPEG among the evaluated pairs: one `hfseg: error:` line naming the file and the row, no traceback."""
+    import io
+
+    from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
+
+    data = tmp_path / "data"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    for index in range(3):
+        Image.fromarray(np.full((24, 32, 3), 40 * index, dtype=np.uint8)).save(data / "images" / f"p{index}.png")
+        Image.fromarray(mask).save(data / "masks" / f"p{index}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (data / "images" / "zz_cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.fromarray(mask).save(data / "masks" / "zz_cut.png")
+    (data / "id2label.json").write_text(json.dumps({str(k): v for k, v in SYNTHETIC_ID2LABEL.items()}))
+    flags = ["--data_dir", str(data), "--layout", "folder"]
+    with pytest.raises(SystemExit) as exit_info:  # a held-out share that leaves no pair is named, not a traceback
+        run_evaluate(saved_tiny_model, "unused", tmp_path / "out", *flags, "--validation_fraction", "1.0")
+    assert exit_info.value.code == 2
+    assert "--validation_fraction 1.0: the source has no validation split" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluate(saved_tiny_model, "unused", tmp_path / "out", *flags, "--split", "train")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    (line,) = [line for line in error.splitlines() if line.startswith("hfseg: error:")]
+    assert "zz_cut.jpg: cannot be read" in line and "row" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, Features, Image
@@ -81,7 +82,14 @@ def split_train_validation(dataset: DatasetDict, data_args, seed: int = 0) -> Da
     """Return a DatasetDict with `train` and `validation`, honouring the split flags and sample caps."""
     train_split, validation_split = split_names(dataset, data_args)
     if validation_split is None:
-        held_out = dataset[train_split].train_test_split(test_size=data_args.validation_fraction, seed=seed)
+        rows, fraction = len(dataset[train_split]), data_args.validation_fraction
+        if not (0 < fraction < 1 and math.ceil(rows * fraction) < rows):  # datasets holds out ceil(share)
+            raise HfsegError(
+                f"--validation_fraction {fraction}: the source has no validation split among {list(dataset)}, and "
+                f"holding out that share of the {rows} rows of split '{train_split}' leaves no train or no "
+                "validation pair; give a fraction between 0 and 1 that keeps both, or name one with --validation_split"
+            )
+        held_out = dataset[train_split].train_test_split(test_size=fraction, seed=seed)
         splits = {"train": held_out["train"], "validation": held_out["test"]}
         fraction = data_args.validation_fraction
         origin = {
