@@ -35,6 +35,8 @@ def lock_output_dir(training_args) -> Iterator[None]:
     """Hold `output_dir/.hfseg.lock` for the duration of the block; only the main process takes it (the others
     belong to the same run). Released when the block exits, normally, on an error or a signal's exception.
 
+    A folder it created for the lock is removed again when the run wrote nothing else into it.
+
     Raises:
         HfsegError: another live run holds the lock; names its PID and host.
     """
@@ -42,6 +44,7 @@ def lock_output_dir(training_args) -> Iterator[None]:
         yield
         return
     output_dir = Path(training_args.output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / LOCK_NAME
     lock = FileLock(str(path), timeout=0)
@@ -58,3 +61,8 @@ def lock_output_dir(training_args) -> Iterator[None]:
         yield
     finally:
         lock.release()  # the holder line stays: only a live holder's line is ever shown
+        if created and [entry.name for entry in output_dir.iterdir()] == [LOCK_NAME]:
+            # A run that stopped before writing anything leaves no folder behind (it made it to hold the lock).
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()

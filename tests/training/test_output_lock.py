@@ -89,3 +89,18 @@ def test_only_the_main_process_takes_the_lock(tmp_path):
     other_process = SimpleNamespace(process_index=1, output_dir=str(output_dir))
     with lock_output_dir(main_args(output_dir)), lock_output_dir(other_process):
         pass  # another process of the same run is not refused
+
+
+def test_a_folder_made_for_the_lock_is_removed_when_the_run_writes_nothing(tmp_path):
+    args = SimpleNamespace(output_dir=str(tmp_path / "new" / "run"), process_index=0)
+    with pytest.raises(HfsegError), lock_output_dir(args):
+        raise HfsegError("the data check stopped the run")
+    assert not (tmp_path / "new" / "run").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with lock_output_dir(SimpleNamespace(output_dir=str(existing), process_index=0)):
+        pass
+    assert existing.is_dir()  # the user's own folder stays
+    with lock_output_dir(args):
+        (tmp_path / "new" / "run" / "model.safetensors").write_bytes(b"x")
+    assert (tmp_path / "new" / "run" / "model.safetensors").is_file()
