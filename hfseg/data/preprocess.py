@@ -146,13 +146,14 @@ def attach_transform(
 ) -> Dataset:
     """The dataset, decoding and transforming lazily on access (a streamed one as it is iterated).
 
-    With `split`, a map-style dataset becomes `CheckedPairs`: a pair that fails is named by file, split and row
-    (`skipped_file`: listed there and replaced instead).
+    With `split`, a map-style dataset becomes `CheckedPairs` and a streamed one checks its rows as they come: a
+    pair that fails is named by file, split and row (`skipped_file`: listed there and replaced, or left out of the
+    stream, instead).
     """
     row_transform = RowTransform(image_column, label_column, spec, transform)
     dataset = undecoded(dataset, (image_column, label_column))
     if isinstance(dataset, IterableDataset):
-        return StreamedPairs(dataset, row_transform)
+        return StreamedPairs(dataset, row_transform, split, skipped_file)
     transformed = dataset.with_transform(row_transform)
     if split is None:
         return transformed
@@ -167,6 +168,20 @@ class BadPair(HfsegError):
         if message.startswith(f"Caught {type(self).__name__} "):
             message = message.rstrip().splitlines()[-1].partition(f"{type(self).__name__}: ")[2]
         super().__init__(message)
+
+
+def skip_or_raise(where: str, problems: list, skipped_file: Path | None, error: Exception) -> None:
+    """A pair that failed during the run: raise `BadPair` naming it and the fixes, or (with `skipped_file`, i.e.
+    --skip_bad_samples) list it there and log it."""
+    if skipped_file is None:
+        raise BadPair(
+            f"{where}: {'; '.join(str(problem) for problem in problems)} (found during the run: the check before "
+            "training reads the first --check_samples pairs per split); remove the pair, pass --skip_bad_samples "
+            "to skip such pairs, or --check_samples -1 to check every pair before training"
+        ) from error
+    with Path(skipped_file).open("a") as listing:  # appended: DataLoader workers each add their own
+        listing.write(f"{where}\t{problems[0].file}\t{problems[0].found}\n")
+    logger.warning("--skip_bad_samples: skipping %s: %s", where, problems[0])
 
 
 class CheckedPairs(torch.utils.data.Dataset):
@@ -202,18 +217,8 @@ class CheckedPairs(torch.utils.data.Dataset):
                 problems = self.problems_at(position)
                 if not problems:
                     raise
-                where = f"{self.split} row {position}"
-                if self.skipped_file is None:
-                    raise BadPair(
-                        f"{where}: {'; '.join(str(problem) for problem in problems)} (found during the run: the "
-                        "check before training reads the first --check_samples pairs per split); remove the pair, "
-                        "pass --skip_bad_samples to skip such pairs, or --check_samples -1 to check every pair "
-                        "before training"
-                    ) from error
+                skip_or_raise(f"{self.split} row {position}", problems, self.skipped_file, error)
                 self.skipped.add(position)
-                with self.skipped_file.open("a") as listing:  # appended: DataLoader workers each add their own
-                    listing.write(f"{where}\t{problems[0].file}\t{problems[0].found}\n")
-                logger.warning("--skip_bad_samples: skipping %s: %s", where, problems[0])
                 continue
             if position != int(index) and self.split != "train":
                 # A stand-in keeps the batch's size but must not be scored twice: all of its pixels are ignored.
@@ -242,11 +247,25 @@ def report_skipped(path: str | Path) -> list[str]:
 class StreamedPairs(torch.utils.data.IterableDataset):
     """A streamed `datasets.IterableDataset` as model inputs, row by row (train with --max_steps)."""
 
-    def __init__(self, dataset: IterableDataset, row_transform: RowTransform):
+    def __init__(self, dataset: IterableDataset, row_transform: RowTransform, split=None, skipped_file=None):
         self.dataset = dataset
         self.row_transform = row_transform
+        self.split = split
+        self.skipped_file = skipped_file
 
     def __iter__(self):
-        for row in self.dataset:  # datasets shards the stream across DataLoader workers itself
-            example = self.row_transform({key: [value] for key, value in row.items()})
+        for index, row in enumerate(self.dataset):  # datasets shards the stream across DataLoader workers itself
+            try:
+                example = self.row_transform({key: [value] for key, value in row.items()})
+            except Exception as error:
+                if self.split is None:
+                    raise
+                transform = self.row_transform
+                where = f"{self.split} streamed row {index}"
+                image, mask = row[transform.image_column], row[transform.label_column]
+                problems = inspect_pair(image, mask, transform.spec, where)[3]
+                if not problems:
+                    raise
+                skip_or_raise(where, problems, self.skipped_file, error)
+                continue
             yield {"pixel_values": example["pixel_values"][0], "labels": example["labels"][0]}

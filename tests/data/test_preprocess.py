@@ -106,3 +106,24 @@ def test_finetune_names_a_late_broken_pair_or_skips_it(late_break, tmp_path):
     listed = (tmp_path / "out" / "skipped_samples.txt").read_text().splitlines()
     assert len(listed) == 1 and "zz_cut.jpg" in listed[0]
     assert "1 pair(s) skipped during the run" in done.stderr
+
+
+def test_streamed_pair_that_cannot_be_read_is_named_or_left_out(late_break, tmp_path):
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    from hfseg.data.labels import LabelSpec
+
+    names = sorted(path.stem for path in (late_break / "images").iterdir())
+    images = [str(next((late_break / "images").glob(f"{name}.*"))) for name in names]
+    masks = [str(late_break / "masks" / f"{name}.png") for name in names]
+    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
+    stream = Dataset.from_dict({"image": images, "annotation": masks}, features=features).to_iterable_dataset()
+    spec = LabelSpec({0: "background", 1: "road"})
+    transform = EvalTransform(None, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(BadPair) as raised:
+        list(attach_transform(stream, "image", "annotation", spec, transform, "train"))
+    assert str(raised.value).startswith(f"train streamed row 8: {late_break / 'images' / 'zz_cut.jpg'}: cannot be")
+    listing = tmp_path / "skipped.txt"
+    examples = list(attach_transform(stream, "image", "annotation", spec, transform, "train", listing))
+    assert len(examples) == 8 and "zz_cut.jpg" in listing.read_text()
