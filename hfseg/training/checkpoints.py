@@ -44,6 +44,9 @@ RUN_OUTPUTS = (
     "training_curves.png",
     "README.md",
     "runs",
+    "trainable_parameters.json",
+    "skipped_samples.txt",
+    "adapter",
 )
 PREVIOUS_RUN_DIR = ".hfseg-previous-run"
 RESUME_LATEST = ("auto", "true", "last", "latest")

@@ -505,7 +505,7 @@ def test_overwrite_moves_the_previous_run_aside_so_auto_resumes_nothing_of_it(tm
 
     output_dir = tmp_path / "out"
     saved_checkpoint(output_dir / "checkpoint-40")  # a finished run
-    for name in ("model.safetensors", "eval_results.json", "hfseg_config.yaml"):
+    for name in ("model.safetensors", "eval_results.json", "hfseg_config.yaml", "trainable_parameters.json"):
         (output_dir / name).write_text("old run")
     (output_dir / "notes.txt").write_text("mine")
     *_, new_run = parse_args(tiny_run_args(output_dir, "--overwrite_output_dir", "--resume_from_checkpoint", "auto"))
@@ -514,8 +514,8 @@ def test_overwrite_moves_the_previous_run_aside_so_auto_resumes_nothing_of_it(tm
     with caplog.at_level(logging.WARNING):
         mark_incomplete(new_run)
     previous = output_dir / PREVIOUS_RUN_DIR
-    assert f"moved the previous run's checkpoint-40, eval_results.json, hfseg_config.yaml, model.safetensors to " \
-        f"{previous}" in caplog.text  # fmt: skip
+    assert f"moved the previous run's checkpoint-40, eval_results.json, hfseg_config.yaml, model.safetensors, " \
+        f"trainable_parameters.json to {previous}" in caplog.text  # fmt: skip
     assert latest_complete_checkpoint(output_dir) is None and (previous / "checkpoint-40").is_dir()
     assert (output_dir / "notes.txt").read_text() == "mine", "files no run writes stay"
     assert sorted(run_files_in(output_dir)) == [INCOMPLETE_MARKER]
