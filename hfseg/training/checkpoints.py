@@ -357,8 +357,6 @@ def check_saved_model(path: str | Path, flag: str = "--model") -> None:
     """Raise when a saved model directory lacks `config.json`, has no weights, or has a weights file that is cut
     short or not safetensors (transformers would report the first as a missing `model_type` key, the others with a
     traceback)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     present = sorted(file.name for file in path.iterdir()) if path.is_dir() else []
     shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "") if present else "nothing"
@@ -374,14 +372,11 @@ def check_saved_model(path: str | Path, flag: str = "--model") -> None:
             "model.safetensors there again, or load one of its checkpoint-N directories"
         )
     for file in weights:
-        try:
-            with safe_open(str(file), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
+        if (problem := safetensors_problem(file)) is not None:
             raise HfsegError(
-                f"{file} is truncated or not a safetensors file ({str(error).strip()}); copy it again from where the "
-                "run was trained, or load one of the run's checkpoint-N directories"
-            ) from None
+                f"{file} is truncated or not a safetensors file ({problem}); copy it again from where the run was "
+                "trained, or load one of the run's checkpoint-N directories"
+            )
 
 
 # --- atomic writes ---
