@@ -34,6 +34,13 @@ class SegTrainingArguments(TrainingArguments, SegmentationArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    dataloader_persistent_workers: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep data-loading workers alive between epochs and evaluations instead of starting them again "
+            "(on whenever --dataloader_num_workers > 0)."
+        },
+    )
     logging_nan_inf_filter: bool = field(
         default=False,
         metadata={
@@ -47,6 +54,8 @@ class SegTrainingArguments(TrainingArguments, SegmentationArguments):
     )
 
     def __post_init__(self):
+        if not self.dataloader_num_workers:
+            self.dataloader_persistent_workers = False  # no worker to keep: torch's DataLoader refuses the pair
         if self.label_smoothing_factor:
             # Trainer would smooth through its own LabelSmoother, which SegTrainer's loss never calls.
             raise HfsegError(
