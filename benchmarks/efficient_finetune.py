@@ -5,7 +5,7 @@ Memory: on CPU the process's peak RSS and its growth over the RSS right after th
 adds: activations kept for backward, gradients, optimizer state); with `--device cuda`, torch's peak allocated
 memory. A step is the time between the ends of two optimizer steps; the first is dropped (warm-up).
 
-    python benchmarks/efficient_finetune.py                 # SegFormer-b0 and a ViT-B (BEiT-base) UperNet, CPU
+    python benchmarks/efficient_finetune.py                 # SegFormer-b0 and UperNet on a DINOv2-base ViT, CPU
     python benchmarks/efficient_finetune.py --device cuda   # the same on a GPU
     python benchmarks/efficient_finetune.py --quick         # CI-sized
 """
@@ -31,12 +31,27 @@ NAME = "efficient_finetune"
 METHODS = ("full", "freeze_backbone", "lora")
 
 
-def build(model_name: str, num_labels: int):
-    from transformers import BeitConfig, BeitForSemanticSegmentation, SegformerConfig, SegformerForSemanticSegmentation
+# DINOv2-base sizes (ViT-B/14: 768 wide, 12 blocks, 12 heads), random init; UperNet as the
+# dinov2_small_upernet_frozen_ade recipe builds it (512-channel decoder, auxiliary head, layers 3 6 9 12).
+DINOV2_BASE_UPERNET = {
+    "backbone_config": {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                        "patch_size": 14, "image_size": 518, "drop_path_rate": 0.0},
+    "hidden_size": 512,
+    "auxiliary_channels": 256,
+}  # fmt: skip
 
-    if model_name == "vitb":  # ViT-B/16 sizes (768 wide, 12 blocks): BEiT-base's UperNet head
-        config = BeitConfig(num_labels=num_labels, use_auxiliary_head=False, out_indices=[3, 5, 7, 11], image_size=224)
-        return BeitForSemanticSegmentation(config)
+
+def build(model_name: str, num_labels: int):
+    import json
+
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from hfseg.config import ModelArguments
+    from hfseg.models.build import build_model
+
+    if model_name == "dinov2_base_upernet":
+        args = ModelArguments(model_type="upernet", config_overrides=json.dumps(DINOV2_BASE_UPERNET))
+        return build_model(args, {i: str(i) for i in range(num_labels)})
     overrides = TINY_SEGFORMER if model_name == "tiny" else {}
     return SegformerForSemanticSegmentation(SegformerConfig(num_labels=num_labels, drop_path_rate=0.0, **overrides))
 
@@ -121,7 +136,7 @@ def main() -> None:
     else:
         models = [
             {"model": "b0", "crop_size": 256, "batch_size": 2, "steps": 3},
-            {"model": "vitb", "crop_size": 224, "batch_size": 2, "steps": 2},
+            {"model": "dinov2_base_upernet", "crop_size": 224, "batch_size": 2, "steps": 2},  # 224 = 16 patches
         ]
     configurations = [
         {**model, "method": method, "device": args.device, "lora_r": 32} for model in models for method in METHODS

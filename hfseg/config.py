@@ -78,7 +78,16 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "With --model_type upernet: initialise the encoder from this backbone checkpoint (e.g. "
-            "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224); the heads start random."
+            "facebook/convnext-tiny-224, microsoft/swin-tiny-patch4-window7-224, facebook/dinov2-small); the heads "
+            "start random."
+        },
+    )
+    out_indices: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "With --model_type upernet: the backbone stages UperNet reads (for a ViT such as DINOv2/DINOv3, "
+            "transformer layers, 1 = first); default: 4 evenly spaced layers ending at the last for a ViT "
+            "(3 6 9 12 of 12), stages 1-4 otherwise."
         },
     )
     # --- efficient fine-tuning ---

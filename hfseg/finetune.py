@@ -44,6 +44,7 @@ from hfseg.models.lora import (
     write_parameter_counts,
 )
 from hfseg.models.losses import build_loss, training_masks
+from hfseg.models.vit_backbone import align_sizes_to_patch
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.training.interrupts import train
 from hfseg.training.output_lock import lock_output_dir
@@ -80,6 +81,7 @@ def run(model_args, data_args, training_args) -> dict:
     spec = build_label_spec(source, data_args)
     check_source(source, spec, data_args)  # stops on broken pairs, or drops them with --skip_bad_samples
     processor = build_image_processor(model_args)
+    align_sizes_to_patch(model_args, data_args, training_args, processor)  # ViT backbones: multiples of the patch
     mean, std = processor_mean_std(processor)
     train_transform = TrainTransform(
         data_args.crop_size,

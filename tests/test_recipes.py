@@ -12,13 +12,20 @@ from hfseg.config import RECIPES_DIR, load_recipe, parse_args
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 TINY_MOBILENET_V2 = {"image_size": 64, "depth_multiplier": 0.25, "min_depth": 4, "output_stride": 16}
+TINY_UPERNET_DINOV2 = {
+    **{key: value for key, value in TINY_UPERNET.items() if key != "backbone_config"},
+    "backbone_config": {"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
+                        "intermediate_size": 32, "patch_size": 14, "image_size": 56},
+}  # fmt: skip
 
 
 def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
     """(model_type, config_overrides) of a tiny model of the recipe's family."""
     if recipe.get("model_type") == "upernet":
-        backbone = json.loads(recipe["config_overrides"])["backbone_config"]["model_type"]
-        return "upernet", TINY_UPERNET_SWIN if backbone == "swin" else TINY_UPERNET
+        backbone = (json.loads(recipe["config_overrides"]).get("backbone_config") or {}).get("model_type")
+        if backbone is None:  # the backbone checkpoint's own config: its type is in the name
+            backbone = "dinov2" if "dinov2" in recipe["backbone_name_or_path"] else "convnext"
+        return "upernet", {"swin": TINY_UPERNET_SWIN, "dinov2": TINY_UPERNET_DINOV2}.get(backbone, TINY_UPERNET)
     name = recipe.get("model_name_or_path") or recipe.get("model_type")
     if "mobilenet_v2" in name:
         return "mobilenet_v2", TINY_MOBILENET_V2
@@ -64,6 +71,14 @@ def test_recipe_specifics():
     assert (deeplab.optim, deeplab.optim_args, deeplab.max_grad_norm) == ("sgd", "momentum=0.9", 10.0)
     assert deeplab.lr_scheduler_type == "cosine" and deeplab.weight_decay == 1e-4 and data.crop_size == 512
     assert deeplab.learning_rate == pytest.approx(0.007 * deeplab.per_device_train_batch_size / 16)
+    lora_model, _, lora = parse_args(["--recipe", "segformer_b0_lora_ade", "--output_dir", "/tmp/unused"])
+    assert (lora_model.peft, lora_model.lora_r, lora_model.lora_alpha) == ("lora", 32, 32)
+    assert lora_model.lora_target_modules == ["q_proj", "v_proj"] and lora.learning_rate == 5e-4
+    dinov2_model, dinov2_data, dinov2 = parse_args(
+        ["--recipe", "dinov2_small_upernet_frozen_ade", "--output_dir", "/tmp/unused"]
+    )
+    assert dinov2.freeze_backbone and dinov2_model.backbone_name_or_path == "facebook/dinov2-small"
+    assert dinov2_data.crop_size % 14 == 0 and dinov2_model.image_size % 14 == 0, "multiples of the patch size"
     _, data, pets = parse_args(["--recipe", "segformer_pets", "--output_dir", "/tmp/unused"])
     assert pets.load_best_model_at_end and pets.metric_for_best_model == "mean_iou" and data.layout == "pets"
 

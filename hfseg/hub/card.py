@@ -294,3 +294,112 @@ def card_from_run(output_dir: str | Path, model_ref: str | None = None, model_na
         model_ref=model_ref or str(output_dir),
         parameter_counts=read_parameter_counts(output_dir),
     )
+
+
+ADAPTER_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A LoRA adapter (and the segmentation head trained with it) for
+[{{ base_model }}](https://huggingface.co/{{ base_model }}), fine-tuned with [hfseg](https://github.com/hfseg/hfseg)
+for {{ num_labels }} classes{{ dataset_line }}.{{ score_line }}
+The base weights are not in this repository: [peft](https://github.com/huggingface/peft) loads the base model
+and puts the adapter on it.
+
+## How to use
+
+```python
+from peft import PeftModel
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+id2label = {{ id2label }}
+base = AutoModelForSemanticSegmentation.from_pretrained(
+    "{{ base_model }}",{{ revision_argument }}
+    id2label=id2label,
+    label2id={name: index for index, name in id2label.items()},
+    ignore_mismatched_sizes=True,  # the base model's head is replaced by the adapter's
+)
+model = PeftModel.from_pretrained(base, "{{ adapter_ref }}").merge_and_unload()  # a plain transformers model
+processor = AutoImageProcessor.from_pretrained("{{ base_model }}"{{ revision_suffix }})
+```
+
+## Training
+
+{{ hyperparameters_table }}
+"""
+
+
+def adapter_card_from_run(output_dir: str | Path, adapter_ref: str) -> ModelCard:
+    """The card of a run's LoRA adapter alone (`output_dir/adapter`): the base model it needs and the peft code
+    that loads both; built from the run's files like `card_from_run`.
+
+    Raises:
+        HfsegError: the run was not fine-tuned from a Hub checkpoint (random init, or a local folder), so nobody
+            else could load the base weights the adapter goes on; or it is a binary run, whose published head is
+            the two-class one of the merged model.
+    """
+    output_dir = Path(output_dir)
+    needed = [output_dir / name for name in ("config.json", RESOLVED_CONFIG_NAME)]
+    missing = [path.name for path in needed if not path.is_file()]
+    if missing:
+        raise HfsegError(
+            f"{output_dir}: {', '.join(missing)} missing; is it the output_dir of a finished hfseg finetune run?"
+        )
+    config = yaml.safe_load(needed[1].read_text()) or {}
+    base_model = config.get("model_name_or_path")
+    fix = "push the merged model instead (hfseg push without --adapter_only)"
+    if config.get("model_type") or not base_model:
+        raise HfsegError(
+            f"{output_dir / RESOLVED_CONFIG_NAME}: model_type {config.get('model_type')!r} (a random-init model), "
+            f"so the adapter's base weights exist nowhere but in this run; {fix}"
+        )
+    if hub_dataset_id(base_model) != base_model:  # the same test for a model id: a Hub name, not a local path
+        raise HfsegError(
+            f"{output_dir / RESOLVED_CONFIG_NAME}: model_name_or_path {base_model} is a local folder, not a Hub "
+            f"id, so others cannot load the adapter's base model; push that base model to the Hub first, or {fix}"
+        )
+    if config.get("task") == "binary":
+        raise HfsegError(
+            f"{output_dir / RESOLVED_CONFIG_NAME}: task binary: the adapter holds the one-logit training head, "
+            f"not the two-class head the merged model is served with; {fix}"
+        )
+    id2label = {int(key): name for key, name in json.loads(needed[0].read_text())["id2label"].items()}
+    eval_path = output_dir / EVAL_RESULTS_NAME
+    metrics = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    mean_iou = metrics.get("eval_mean_iou", metrics.get("mean_iou"))
+    dataset_name = config.get("dataset_name") or config.get("layout")
+    dataset_id = hub_dataset_id(config.get("dataset_name"))
+    revision = config.get("revision") or "main"
+    counts = read_parameter_counts(output_dir)
+    hyperparameters = [f"- {key}: {config[key]}" for key in HYPERPARAMETERS if config.get(key) not in (None, -1)]
+    hyperparameters += [f"- {key}: {config[key]}" for key in ("lora_r", "lora_alpha", "lora_dropout") if key in config]
+    if counts:
+        hyperparameters.append(
+            f"- trained parameters ({counts['method']}): {counts['trainable']:,} of {counts['total']:,} "
+            f"({100 * counts['share']:.2f}%)"
+        )
+    card_data = ModelCardData(
+        model_name=adapter_ref.rstrip("/").split("/")[-1],
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        license=config.get("card_license") or "apache-2.0",
+        library_name="peft",
+        pipeline_tag="image-segmentation",
+        tags=["hfseg", "semantic-segmentation", "lora", "image-segmentation"],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=ADAPTER_CARD_TEMPLATE,
+        model_name=card_data.model_name,
+        base_model=base_model,
+        num_labels=len(id2label),
+        dataset_line=f", trained on {dataset_name}" if dataset_name else "",
+        score_line=f" Mean IoU on its evaluation set: {_format(float(mean_iou))}." if mean_iou is not None else "",
+        id2label=repr(dict(sorted(id2label.items()))),
+        revision_argument=f'\n    revision="{revision}",' if revision != "main" else "",
+        revision_suffix=f', revision="{revision}"' if revision != "main" else "",
+        adapter_ref=adapter_ref,
+        hyperparameters_table="\n".join(hyperparameters) or "- (defaults)",
+    )

@@ -1,7 +1,10 @@
 """Publish a finished run on the Hugging Face Hub: safetensors weights, config with id2label, image processor,
 model card, eval results, pictures and the resolved recipe; transient failures are retried.
 
-hfseg push OUTPUT_DIR --repo_id NAME/MODEL [--private] [--revision BRANCH]
+hfseg push OUTPUT_DIR --repo_id NAME/MODEL [--private] [--revision BRANCH] [--adapter_only]
+
+With --adapter_only (a --peft lora run), only the adapter is published: adapter_model.safetensors,
+adapter_config.json and a card that names the base model and the peft code that loads it.
 
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and is handed to it only:
 hfseg never prints, logs or saves it.
@@ -23,9 +26,10 @@ from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabl
 from transformers import HfArgumentParser
 
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
-from hfseg.hub.card import CARD_NAME, card_from_run
+from hfseg.hub.card import CARD_NAME, adapter_card_from_run, card_from_run
 from hfseg.hub.network import require_hub_for_push
-from hfseg.training.checkpoints import check_output_complete, check_saved_model
+from hfseg.models.lora import ADAPTER_DIR_NAME
+from hfseg.training.checkpoints import check_output_complete, check_saved_model, safetensors_problem
 
 logger = logging.getLogger("hfseg")
 
@@ -37,6 +41,8 @@ PUSH_PATTERNS = (
 )  # fmt: skip
 # Left in the repo root by Trainer's own checkpoint pushes (--hub_strategy every_save); removed by the final push.
 STALE_PATTERNS = ["training_args.bin", "pytorch_model*.bin"]
+# What --adapter_only publishes, from output_dir/adapter (the card is written there first).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKEN_HELP = "set HF_TOKEN or run `hf auth login` (a token with write access)"
 
 
@@ -52,6 +58,13 @@ class PushArguments:
     keep_card: bool = field(
         default=False,
         metadata={"help": "Upload README.md as it is instead of rebuilding the card with the repo id in its snippet."},
+    )
+    adapter_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Push only the LoRA adapter of a --peft lora run (output_dir/adapter) with a card saying how to "
+            "load it on its base model with peft, instead of the merged model."
+        },
     )
     max_attempts: int = field(default=4, metadata={"help": "Tries per Hub call on transient failures (5xx, network)."})
     retry_delay: float = field(
@@ -116,13 +129,41 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def retry_command(output_dir: str | Path, repo_id: str, private: bool | None, revision: str | None) -> str:
+def adapter_files_to_push(output_dir: str | Path) -> list[str]:
+    """The adapter files `--adapter_only` uploads from `output_dir/adapter`, checked to be there and whole.
+
+    Raises:
+        HfsegError: the run has no adapter (it was not a --peft lora run), or a file is missing or truncated.
+    """
+    directory = Path(output_dir) / ADAPTER_DIR_NAME
+    if not directory.is_dir():
+        raise HfsegError(
+            f"--adapter_only: {output_dir} has no {ADAPTER_DIR_NAME}/ folder, so it was not fine-tuned with "
+            "--peft lora; push the whole model (drop --adapter_only) or train with --peft lora"
+        )
+    missing = [name for name in ADAPTER_FILES if not (directory / name).is_file()]
+    if missing:
+        raise HfsegError(
+            f"--adapter_only: {directory} lacks {', '.join(missing)}; it is written at the end of a --peft lora "
+            "run, so rerun or resume that run to completion"
+        )
+    problem = safetensors_problem(directory / "adapter_model.safetensors")
+    if problem:
+        raise HfsegError(f"--adapter_only: {directory}: {problem}; rerun or resume the --peft lora run")
+    return [*ADAPTER_FILES, CARD_NAME]
+
+
+def retry_command(
+    output_dir: str | Path, repo_id: str, private: bool | None, revision: str | None, adapter_only: bool = False
+) -> str:
     """The `hfseg push` command line that repeats a push."""
     command = f"hfseg push {output_dir} --repo_id {repo_id}"
     if revision:
         command += f" --revision {revision}"
     if private:
         command += " --private"
+    if adapter_only:
+        command += " --adapter_only"
     return command
 
 
@@ -137,6 +178,7 @@ def push_run(
     max_attempts: int = 4,
     retry_delay: float = 2.0,
     sleep: Callable = time.sleep,
+    adapter_only: bool = False,
 ) -> str:
     """Create `repo_id` (and branch `revision`) if needed and upload the run's publishable files in one commit.
 
@@ -146,6 +188,7 @@ def push_run(
     Args:
         token: default: huggingface_hub's own lookup (HF_TOKEN, then the `hf auth login` file).
         sleep: receives the backoff delays (seconds) between attempts.
+        adapter_only: push `output_dir/adapter` (adapter weights, its config and an adapter card) instead.
 
     Returns:
         The URL of the commit on the Hub.
@@ -155,28 +198,36 @@ def push_run(
             command that retries.
     """
     output_dir = Path(output_dir)
-    retry = retry_command(output_dir, repo_id, private, revision)
+    retry = retry_command(output_dir, repo_id, private, revision, adapter_only)
     if not output_dir.is_dir():
         raise HfsegError(f"{output_dir}: no such folder; pass the output_dir of a finished hfseg finetune run")
     check_output_complete(output_dir)
-    files = files_to_push(output_dir)
-    check_saved_model(output_dir, flag="hfseg push")
+    if adapter_only:
+        files = adapter_files_to_push(output_dir)
+        card = adapter_card_from_run(output_dir, adapter_ref=repo_id)  # refuses a base model nobody can load
+        folder = output_dir / ADAPTER_DIR_NAME
+    else:
+        files = files_to_push(output_dir)
+        check_saved_model(output_dir, flag="hfseg push")
+        folder = output_dir
     token = token or get_token()
     if not token:
         raise HfsegError(f"no Hugging Face token found to push {output_dir}: {TOKEN_HELP}, then `{retry}`")
-    card_path = output_dir / CARD_NAME
+    card_path = folder / CARD_NAME
     previous_card = card_path.read_bytes() if card_path.is_file() else None
-    if rebuild_card:
+    if adapter_only:  # always rebuilt: peft's own README.md there is an empty template
+        card.save(card_path)
+    elif rebuild_card:
         card_from_run(output_dir, model_ref=repo_id).save(card_path)
         files = files_to_push(output_dir)
     api = HfApi()
     attempts = {"max_attempts": max_attempts, "retry_delay": retry_delay, "sleep": sleep}
     try:
         commit = _create_and_upload(
-            api, output_dir, repo_id, private, revision, token, commit_message, files, attempts
+            api, folder, repo_id, private, revision, token, commit_message, files, attempts, retry
         )
     except BaseException:
-        if rebuild_card:  # a failed push leaves the run's card as it was
+        if rebuild_card or adapter_only:  # a failed push leaves the run's card as it was
             _restore(card_path, previous_card)
         raise
     url = getattr(commit, "commit_url", None) or str(commit)
@@ -191,10 +242,11 @@ def _restore(path: Path, content: bytes | None) -> None:
         path.write_bytes(content)
 
 
-def _create_and_upload(api, output_dir: Path, repo_id, private, revision, token, commit_message, files, attempts):
-    """create_repo, create_branch and upload_folder, each retried; Hub failures become an `HfsegError` that names
-    the command that retries."""
-    retry = retry_command(output_dir, repo_id, private, revision)
+def _create_and_upload(
+    api, output_dir: Path, repo_id, private, revision, token, commit_message, files, attempts, retry: str
+):
+    """create_repo, create_branch and upload_folder (of `files` in `output_dir`), each retried; Hub failures become
+    an `HfsegError` that names the `retry` command."""
     try:
         repo_url = with_retries(
             lambda: api.create_repo(repo_id, token=token, private=private, exist_ok=True), "create_repo", **attempts
@@ -271,6 +323,7 @@ def main(argv: list[str] | None = None) -> str:
         rebuild_card=not args.keep_card,
         max_attempts=args.max_attempts,
         retry_delay=args.retry_delay,
+        adapter_only=args.adapter_only,
     )
     print(f"pushed {args.output_dir} to {url}")
     return url

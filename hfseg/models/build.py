@@ -15,6 +15,7 @@ from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
 from hfseg.models.binary import binary_id2label
 from hfseg.models.channels import adapt_model_input_channels
+from hfseg.models.vit_backbone import backbone_config_with_layers, out_features_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,18 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     if getattr(model_args, "task", "multiclass") == "binary":
         id2label = binary_id2label(id2label)  # one sigmoid logit for the foreground
     labels = _label_kwargs(id2label, ignore_index)
+    out_indices = getattr(model_args, "out_indices", None)
+    if out_indices and model_args.model_type != "upernet":
+        raise HfsegError(
+            f"--out_indices {' '.join(map(str, out_indices))} chooses the backbone layers of a --model_type upernet "
+            "model; a checkpoint or another model type keeps its own, so drop --out_indices"
+        )
     if model_args.model_type:
         if model_args.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
             raise HfsegError(_unsupported_message(model_args.model_type))
         backbone = _pretrained_backbone(model_args, overrides)
+        if backbone is None and isinstance(overrides.get("backbone_config"), dict):
+            overrides["backbone_config"] = backbone_config_with_layers(overrides["backbone_config"], out_indices)
         config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
         model = AutoModelForSemanticSegmentation.from_config(config)
         if backbone is not None:
@@ -127,7 +136,7 @@ def _pretrained_backbone(model_args, overrides: dict):
     require_hub("--backbone_name_or_path", name)
     requested = dict(overrides.get("backbone_config") or {})  # e.g. drop_path_rate, out_features
     requested_type = requested.pop("model_type", None)
-    out_features = requested.pop("out_features", None) or [f"stage{i}" for i in range(1, 5)]
+    out_features = requested.pop("out_features", None)
     kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
     config = AutoConfig.from_pretrained(name, **kwargs)
     if requested_type and requested_type != config.model_type:
@@ -141,9 +150,9 @@ def _pretrained_backbone(model_args, overrides: dict):
     if type(config) not in MODEL_FOR_BACKBONE_MAPPING:
         raise HfsegError(
             f"--backbone_name_or_path {name} is a '{config.model_type}' checkpoint with no backbone class in "
-            "transformers; use e.g. a ConvNeXt, Swin or ResNet checkpoint"
+            "transformers; use e.g. a ConvNeXt, Swin, ResNet or DINOv2 checkpoint"
         )
-    config.out_features = out_features
+    config.out_features = out_features or out_features_for(config, getattr(model_args, "out_indices", None))
     try:
         backbone = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(name, config=config, **kwargs)
     except (ValueError, OSError) as error:
