@@ -97,6 +97,31 @@ def test_served_mask_equals_hfseg_predict(app_url, outbound, tmp_path, mode, fli
     assert outbound == []
 
 
+def test_written_space_serves_the_same_mask(app_url, outbound, tmp_path):
+    """`hfseg app RUN --write_space DIR`, then DIR/app.py run as a Space runs it: the model copied into the folder
+    answers as `hfseg predict` does."""
+    import runpy
+
+    from gradio_client import Client, handle_file
+
+    from hfseg.app.demo import main
+
+    _, model = app_url
+    space = tmp_path / "space"
+    main([str(model), "--write_space", str(space), "--examples", str(SAMPLE_IMAGE)])
+    demo = runpy.run_path(str(space / "app.py"), run_name="space_app")["demo"]
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        _, _, mask_path = client.predict(handle_file(str(SAMPLE_IMAGE)), "whole", False, 0.5, api_name="/segment")
+    finally:
+        demo.close()
+    expected = predicted_mask(model, SAMPLE_IMAGE, tmp_path / "predict")
+    np.testing.assert_array_equal(np.asarray(Image.open(mask_path)), expected)
+    assert outbound == []
+
+
 def chromium_driver(download_dir: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -105,7 +130,14 @@ def chromium_driver(download_dir: Path):
     options.binary_location = str(CHROMIUM)
     # Names other than 127.0.0.1 do not resolve, so a page that fetches from the Internet fails instead of hanging.
     offline = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1360,1500", offline):
+    arguments = (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1360,1500",
+    )
+    for argument in (*arguments, offline):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     options.add_experimental_option("prefs", {"download.default_directory": str(download_dir)})
