@@ -154,6 +154,9 @@ def build_demo(
             (image, mask),
         )
 
+    def segment_new_image(image_path, mode, flip, alpha):  # an upload, an example picked, or the image cleared
+        return segment(image_path, mode, flip, alpha) if image_path else (None, None, None, None)
+
     def reblend(alpha, result):
         if result is None:
             return None
@@ -186,7 +189,7 @@ def build_demo(
         result = gr.State(None)
         inputs, outputs = [image_input, mode, flip, alpha], [overlay_output, areas, mask_file, result]
         run.click(segment, inputs, outputs, api_name="segment")
-        image_input.upload(segment, inputs, outputs, api_name=False)
+        image_input.change(segment_new_image, inputs, outputs, api_name=False)
         alpha.release(reblend, [alpha, result], overlay_output, api_name=False)
     return demo
 
@@ -194,10 +197,16 @@ def build_demo(
 def serve(args: AppArguments, prevent_thread_lock: bool = False):
     """Build the app for `args.model` and serve it on `args.host:args.port`."""
     demo = build_demo(args.model, example_images(args.examples), args.revision, args.trust_remote_code, args.device)
-    demo.launch(
-        server_name=args.host, server_port=args.port, prevent_thread_lock=prevent_thread_lock, share=False,
-        show_error=True, inbrowser=False, quiet=prevent_thread_lock,
-    )  # fmt: skip
+    try:
+        demo.launch(
+            server_name=args.host, server_port=args.port, prevent_thread_lock=prevent_thread_lock, share=False,
+            show_error=True, inbrowser=False, quiet=prevent_thread_lock,
+        )  # fmt: skip
+    except OSError as error:  # the port is taken, or the host is not an address of this machine
+        raise HfsegError(
+            f"--host {args.host} --port {args.port}: cannot serve there ({str(error).split('. ')[0]}); pass a free "
+            "--port (or stop what holds it) and an address of this machine as --host"
+        ) from None
     return demo
 
 

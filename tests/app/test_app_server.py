@@ -122,6 +122,20 @@ def test_written_space_serves_the_same_mask(app_url, outbound, tmp_path):
     assert outbound == []
 
 
+def test_a_port_in_use_is_named(app_url, capsys):
+    from hfseg.app.demo import main
+
+    _, model = app_url
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(model), "--port", str(port)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"--port {port}: cannot serve there" in error and "Traceback" not in error
+
+
 def chromium_driver(download_dir: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
