@@ -177,7 +177,7 @@ def build_demo(
                     gr.Examples([[str(path)] for path in examples], inputs=[image_input], label="examples")
             with gr.Column():
                 overlay_output = gr.Image(type="pil", format="png", label="overlay", elem_id="hfseg-overlay")
-                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="opacity")
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="opacity", elem_id="hfseg-opacity")
                 gr.HTML(legend_html(segmenter.id2label, segmenter.palette))
         with gr.Row():
             areas = gr.Dataframe(
@@ -190,7 +190,7 @@ def build_demo(
         inputs, outputs = [image_input, mode, flip, alpha], [overlay_output, areas, mask_file, result]
         run.click(segment, inputs, outputs, api_name="segment")
         image_input.change(segment_new_image, inputs, outputs, api_name=False)
-        alpha.release(reblend, [alpha, result], overlay_output, api_name=False)
+        alpha.change(reblend, [alpha, result], overlay_output, api_name=False)  # no model call: the mask is kept
     return demo
 
 

@@ -58,8 +58,13 @@ def outbound():
 def app_url(outbound, tmp_path_factory):
     """`hfseg app` of a tiny random-init model (the synthetic classes), served on 127.0.0.1 by this process."""
     from hfseg.app.demo import AppArguments, serve
+    from hfseg.hub.card import build_model_card
 
     model = save_tiny_model(tmp_path_factory.mktemp("app_model"), SYNTHETIC_ID2LABEL)
+    metrics = {"eval_mean_iou": 0.4321, "eval_mean_accuracy": 0.55, "eval_overall_accuracy": 0.875}
+    build_model_card(metrics, SYNTHETIC_ID2LABEL, "app-model", config={"dataset_name": "synthetic"}).save(
+        model / "README.md"
+    )
     args = AppArguments(model=str(model), port=free_port(), examples=str(SAMPLE_IMAGE))
     demo = serve(args, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{args.port}/", model
@@ -171,10 +176,20 @@ def requested_urls(driver) -> list[str]:
 
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs chromium + chromedriver (apt)")
 def test_browser_upload_shows_overlay_areas_and_legend(app_url, outbound, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    """Upload, result, legend and card metrics; then the opacity slider at 1 turns the overlay into the solid class
+    colours of `hfseg predict`'s mask."""
+    import io
+    import urllib.request
 
-    url, _ = app_url
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    from transformers import AutoConfig
+
+    from hfseg.evaluation.predict import model_palette
+    from hfseg.evaluation.visualize import colourise
+
+    url, model = app_url
     driver = chromium_driver(tmp_path)
     try:
         driver.get(url)
@@ -191,6 +206,8 @@ def test_browser_upload_shows_overlay_areas_and_legend(app_url, outbound, tmp_pa
         legend = driver.find_element(By.ID, "hfseg-legend").text
         assert all(name in legend for name in SYNTHETIC_ID2LABEL.values()), legend
         assert "index mask" in driver.find_element(By.ID, "hfseg-mask").text
+        page = driver.find_element(By.TAG_NAME, "body").text
+        assert "mean_iou" in page and "0.4321" in page and "0.8750" in page
         screenshot = tmp_path / "app_screenshot.png"
         driver.save_screenshot(str(screenshot))
         if os.environ.get("HFSEG_TEST_ARTIFACTS"):
@@ -198,8 +215,19 @@ def test_browser_upload_shows_overlay_areas_and_legend(app_url, outbound, tmp_pa
             artifacts.mkdir(parents=True, exist_ok=True)
             shutil.copy2(screenshot, artifacts / screenshot.name)
         assert Image.open(screenshot).size[0] > 1000
-        off_machine = [u for u in requested_urls(driver) if not u.startswith((url, "data:", "blob:"))]
-        assert off_machine == [], f"the page requested files off this machine: {off_machine}"
+
+        palette = model_palette(AutoConfig.from_pretrained(model))
+        solid = colourise(predicted_mask(model, SAMPLE_IMAGE, tmp_path / "predict"), palette)
+        opacity = driver.find_element(By.CSS_SELECTOR, "#hfseg-opacity input[type=number]")
+        opacity.clear()
+        opacity.send_keys("1", Keys.ENTER)
+
+        def shown_overlay(driver) -> np.ndarray:
+            source = driver.find_element(By.CSS_SELECTOR, "#hfseg-overlay img").get_attribute("src")
+            with urllib.request.urlopen(source) as response:
+                return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+        WebDriverWait(driver, 60).until(lambda d: np.array_equal(shown_overlay(d), solid))
     finally:
         driver.quit()
     assert outbound == []
