@@ -81,3 +81,11 @@ def test_write_space_for_a_hub_model_loads_it_by_id(tmp_path):
 def test_cli_lists_the_app_verb():
     result = subprocess.run([sys.executable, "-m", "hfseg.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "app " in result.stdout
+
+
+def test_examples_without_images_are_named(carded_model, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(carded_model), "--write_space", str(tmp_path / "space"), "--examples", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--examples {tmp_path}: no image files found" in capsys.readouterr().err
