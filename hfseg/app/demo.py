@@ -3,7 +3,8 @@
 hfseg app RUN [--host 127.0.0.1 --port 7860] [--examples FILE|DIR]
 hfseg app RUN --write_space DIR [--examples FILE|DIR]
 
-Upload an image (or pick an example): the overlay (opacity slider), a legend of every class's colour and name,
+Upload an image (or pick an example: `--examples`, else the first validation images of a run on the embedded
+synthetic data): the overlay (opacity slider), a legend of every class's colour and name,
 each class's share of the image, and the index mask `hfseg predict` would write, to download; whole or slide
 inference, with or without flip TTA; the metrics of the model card. The app makes no network call of its own.
 """
@@ -127,6 +128,30 @@ def example_images(examples: str | None) -> list[Path]:
     return images
 
 
+def synthetic_validation_examples(model: str, folder: Path, count: int = 4) -> list[Path]:
+    """The first `count` validation images of a run trained on the embedded synthetic data (the same scenes its
+    evaluation used), saved in `folder`; none for other models."""
+    import yaml
+
+    from hfseg.config import RESOLVED_CONFIG_NAME
+
+    config_path = Path(model) / RESOLVED_CONFIG_NAME
+    if not config_path.is_file():
+        return []
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if config.get("dataset_name") != "synthetic":
+        return []
+    from hfseg.data.synthetic import make_synthetic_dataset
+
+    count = min(count, int(config.get("synthetic_eval_size") or count))
+    validation = make_synthetic_dataset(1, count, seed=int(config.get("seed") or 0))["validation"]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"validation_{index}.png" for index in range(count)]
+    for row, path in zip(validation, paths, strict=True):
+        row["image"].save(path)
+    return paths
+
+
 def build_demo(
     model: str,
     examples: list[str | Path] | None = None,
@@ -135,10 +160,16 @@ def build_demo(
     device: str | None = None,
 ):
     """The Gradio Blocks app for `model` (not launched). Its `segment` endpoint takes (image path, mode, flip,
-    opacity) and returns (overlay, class areas, index mask PNG)."""
+    opacity) and returns (overlay, class areas, index mask PNG).
+
+    Args:
+        examples: images offered as examples; None: the validation images of a run on the synthetic data, if it is.
+    """
     gr = import_gradio()
     segmenter = Segmenter(model, revision, trust_remote_code, device)
     workdir = Path(tempfile.mkdtemp(prefix="hfseg-app-"))
+    if examples is None:
+        examples = synthetic_validation_examples(model, workdir / "examples")
 
     def segment(image_path, mode, flip, alpha):
         if not image_path:
@@ -196,7 +227,8 @@ def build_demo(
 
 def serve(args: AppArguments, prevent_thread_lock: bool = False):
     """Build the app for `args.model` and serve it on `args.host:args.port`."""
-    demo = build_demo(args.model, example_images(args.examples), args.revision, args.trust_remote_code, args.device)
+    examples = example_images(args.examples) if args.examples else None
+    demo = build_demo(args.model, examples, args.revision, args.trust_remote_code, args.device)
     try:
         demo.launch(
             server_name=args.host, server_port=args.port, prevent_thread_lock=prevent_thread_lock, share=False,
@@ -230,8 +262,11 @@ def main(argv: list[str] | None = None):
 
         local = Path(args.model).is_dir()
         model_files = [Path(args.model) / name for name in files_to_push(args.model)] if local else None
+        examples = example_images(args.examples)
+        if not examples and local:
+            examples = synthetic_validation_examples(args.model, Path(tempfile.mkdtemp(prefix="hfseg-examples-")))
         written = write_space(args.write_space, args.model if not local else Path(args.model).resolve().name,
-                              model_files=model_files, examples=example_images(args.examples))  # fmt: skip
+                              model_files=model_files, examples=examples)  # fmt: skip
         print(f"wrote a Hugging Face Space to {args.write_space} ({len(written)} files); try it: cd "
               f"{args.write_space} && python app.py")  # fmt: skip
         return written

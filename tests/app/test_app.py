@@ -1,6 +1,7 @@
 """`hfseg app` without a server: class areas, the legend, the card metrics, the Space folder, gradio missing."""
 
 import ast
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, SHARED_DATA, save_tiny_model
+from PIL import Image
 
 from hfseg.app.demo import card_metrics, class_areas, legend_html, main
 from hfseg.hub.card import build_model_card
@@ -89,3 +91,21 @@ def test_examples_without_images_are_named(carded_model, tmp_path, capsys):
         main([str(carded_model), "--write_space", str(tmp_path / "space"), "--examples", str(tmp_path)])
     assert exit_info.value.code == 2
     assert f"--examples {tmp_path}: no image files found" in capsys.readouterr().err
+
+
+def test_a_synthetic_run_offers_its_validation_images(carded_model, tmp_path):
+    from hfseg.app.demo import synthetic_validation_examples
+    from hfseg.data.synthetic import make_synthetic_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(carded_model, run)
+    assert synthetic_validation_examples(str(run), tmp_path / "none") == []  # no resolved config: no examples
+    (run / "hfseg_config.yaml").write_text(yaml.safe_dump({"dataset_name": "synthetic", "synthetic_eval_size": 6,
+                                                          "synthetic_train_size": 16, "seed": 3}))  # fmt: skip
+    paths = synthetic_validation_examples(str(run), tmp_path / "examples")
+    validation = make_synthetic_dataset(16, 6, seed=3)["validation"]  # what the run was evaluated on
+    assert len(paths) == 4
+    for path, row in zip(paths, validation, strict=False):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(row["image"]))
+    (run / "hfseg_config.yaml").write_text(yaml.safe_dump({"dataset_name": "scene_parse_150", "seed": 3}))
+    assert synthetic_validation_examples(str(run), tmp_path / "other") == []
