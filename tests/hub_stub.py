@@ -60,7 +60,10 @@ class HubStub:
 
         def create_repo(api, repo_id, *, token=None, private=None, exist_ok=False, **kwargs):
             full_id = repo_id if "/" in repo_id else f"{STUB_USER}/{repo_id}"
-            stub._record("create_repo", repo_id=full_id, private=private, exist_ok=exist_ok, token=token_digest(token))
+            kind = {name: kwargs[name] for name in ("repo_type", "space_sdk") if kwargs.get(name)}
+            stub._record(
+                "create_repo", repo_id=full_id, private=private, exist_ok=exist_ok, token=token_digest(token), **kind
+            )
             return RepoUrl(f"{ENDPOINT}/{full_id}", endpoint=ENDPOINT)
 
         def create_branch(api, repo_id, *, branch, token=None, exist_ok=False, **kwargs):
@@ -81,8 +84,11 @@ class HubStub:
             stub._record(
                 "upload_folder", repo_id=repo_id, revision=revision, files=files, delete_patterns=delete_patterns,
                 commit_message=commit_message, token=token_digest(token),
+                **({"repo_type": kwargs["repo_type"]} if kwargs.get("repo_type") else {}),
             )  # fmt: skip
-            target = stub.remote / repo_id / (revision or "main")
+            # A Space lives apart from the model of the same name, as on the Hub (huggingface.co/spaces/NAME).
+            spaces = "spaces" if kwargs.get("repo_type") == "space" else ""
+            target = stub.remote / spaces / repo_id / (revision or "main")
             for name in files:
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(folder / name, target / name)

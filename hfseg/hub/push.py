@@ -2,9 +2,11 @@
 model card, eval results, pictures and the resolved recipe; transient failures are retried.
 
 hfseg push OUTPUT_DIR --repo_id NAME/MODEL [--private] [--revision BRANCH] [--adapter_only]
+    [--with_space [--space_id NAME/SPACE]]
 
 With --adapter_only (a --peft lora run), only the adapter is published: adapter_model.safetensors,
-adapter_config.json and a card that names the base model and the peft code that loads it.
+adapter_config.json and a card that names the base model and the peft code that loads it. With --with_space, a
+Gradio Space that serves the pushed model follows it.
 
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and is handed to it only:
 hfseg never prints, logs or saves it.
@@ -70,6 +72,10 @@ class PushArguments:
     retry_delay: float = field(
         default=2.0, metadata={"help": "Seconds before the first retry; doubles after each failed attempt."}
     )
+    with_space: bool = field(
+        default=False, metadata={"help": "Also push a Gradio Space that serves the model with `hfseg app`."}
+    )
+    space_id: str | None = field(default=None, metadata={"help": "Space repo for --with_space (default: --repo_id)."})
 
 
 def files_to_push(output_dir: str | Path) -> list[str]:
@@ -243,13 +249,33 @@ def _restore(path: Path, content: bytes | None) -> None:
 
 
 def _create_and_upload(
-    api, output_dir: Path, repo_id, private, revision, token, commit_message, files, attempts, retry: str
+    api,
+    output_dir: Path,
+    repo_id,
+    private,
+    revision,
+    token,
+    commit_message,
+    files,
+    attempts,
+    retry: str,
+    space: bool = False,
 ):
     """create_repo, create_branch and upload_folder (of `files` in `output_dir`), each retried; Hub failures become
-    an `HfsegError` that names the `retry` command."""
+    an `HfsegError` that names the `retry` command. With `space`, the repo is a Gradio Space."""
+    kind = {"repo_type": "space"} if space else {}
     try:
         repo_url = with_retries(
-            lambda: api.create_repo(repo_id, token=token, private=private, exist_ok=True), "create_repo", **attempts
+            lambda: api.create_repo(
+                repo_id,
+                token=token,
+                private=private,
+                exist_ok=True,
+                **kind,
+                **({"space_sdk": "gradio"} if kind else {}),
+            ),
+            "create_repo",
+            **attempts,
         )
         repo_id = getattr(repo_url, "repo_id", None) or repo_id
         if revision and revision != "main":
@@ -268,6 +294,7 @@ def _create_and_upload(
                 delete_patterns=STALE_PATTERNS,
                 commit_message=commit_message or f"Upload {output_dir.name} with hfseg",
                 token=token,
+                **kind,
             ),
             "upload_folder",
             **attempts,
@@ -281,6 +308,32 @@ def _create_and_upload(
             f"pushing {output_dir} to {repo_id} failed ({type(error).__name__}: {_first_line(error)}); the local "
             f"run in {output_dir} is intact; retry with `{retry}`"
         ) from error
+
+
+def push_space(repo_id: str, space_id: str, output_dir: str | Path, private: bool | None = None, **attempts) -> str:
+    """Push a Gradio Space (`hfseg.hub.space.write_space`) that serves the pushed model `repo_id`.
+
+    Returns:
+        The URL of the Space's commit on the Hub.
+    """
+    import tempfile
+
+    from hfseg.hub.space import SPACE_FILES, write_space
+
+    token = get_token()
+    retry = retry_command(output_dir, repo_id, private, None) + f" --with_space --space_id {space_id}"
+    if not token:
+        raise HfsegError(f"no Hugging Face token found to push the Space {space_id}: {TOKEN_HELP}, then `{retry}`")
+    attempts = {"max_attempts": 4, "retry_delay": 2.0, "sleep": time.sleep, **attempts}
+    with tempfile.TemporaryDirectory(prefix="hfseg-space-") as space_dir:
+        write_space(space_dir, repo_id, title=Path(output_dir).name)
+        commit = _create_and_upload(
+            HfApi(), Path(space_dir), space_id, private, None, token, f"Space serving {repo_id} with hfseg app",
+            list(SPACE_FILES), attempts, retry, space=True,
+        )  # fmt: skip
+    url = getattr(commit, "commit_url", None) or str(commit)
+    logger.info("pushed the Space %s (serving %s): %s", space_id, repo_id, url)
+    return url
 
 
 def prepare_hub_push(training_args) -> None:
@@ -326,6 +379,10 @@ def main(argv: list[str] | None = None) -> str:
         adapter_only=args.adapter_only,
     )
     print(f"pushed {args.output_dir} to {url}")
+    if args.with_space:
+        space_url = push_space(args.repo_id, args.space_id or args.repo_id, args.output_dir, args.private or None,
+                               max_attempts=args.max_attempts, retry_delay=args.retry_delay)  # fmt: skip
+        print(f"pushed the Space {args.space_id or args.repo_id} to {space_url}")
     return url
 
 

@@ -334,3 +334,30 @@ def test_push_to_hub_offline_stops_before_training(tmp_path, monkeypatch, capsys
     assert len(lines) == 1 and f"--push_to_hub: {reason}" in lines[0], err
     assert "stopped before training" in lines[0] and "hfseg push OUTPUT_DIR" in lines[0]
     assert not output_dir.exists()
+
+
+def test_push_with_space_pushes_the_model_then_a_gradio_space_that_loads_it(finished_run, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    stub = HubStub(tmp_path / "remote").install(monkeypatch.setattr)
+    main([str(finished_run), "--repo_id", "me/seg", "--with_space", "--space_id", "me/seg-demo"])
+    model_repo, space_repo = stub.calls_of("create_repo")
+    assert "repo_type" not in model_repo and model_repo["repo_id"] == "me/seg"
+    assert (space_repo["repo_id"], space_repo["repo_type"], space_repo["space_sdk"]) == (
+        "me/seg-demo",
+        "space",
+        "gradio",
+    )
+    model_upload, space_upload = stub.calls_of("upload_folder")
+    assert set(model_upload["files"]) == PUBLISHED and "repo_type" not in model_upload
+    assert space_upload["repo_type"] == "space" and set(space_upload["files"]) == {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+    }
+    space = tmp_path / "remote" / "spaces" / "me" / "seg-demo" / "main"
+    assert "MODEL = 'me/seg'" in (space / "app.py").read_text()
+    front_matter = yaml.safe_load((space / "README.md").read_text().split("---")[1])
+    assert front_matter["sdk"] == "gradio" and front_matter["models"] == ["me/seg"]
+    assert (tmp_path / "remote" / "me" / "seg" / "main" / "model.safetensors").is_file()
