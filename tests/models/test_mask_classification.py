@@ -1,0 +1,136 @@
+"""Mask-classification models (Mask2Former, MaskFormer, EoMT) on semantic-map targets: their own loss stays defined
+on batches without a labelled pixel, its main/auxiliary parts add up, the number of masks is averaged (not divided
+twice) over processes, and query outputs become per-pixel class scores."""
+
+import json
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TINY_MASK_CLASSIFICATION, TINY_SEGFORMER
+
+from hfseg.config import ModelArguments
+from hfseg.data.collate import collate_segmentation
+from hfseg.errors import HfsegError
+from hfseg.models.build import build_model, is_mask_classification
+from hfseg.models.mask_classification import (
+    LossParts,
+    check_mask_classification_options,
+    semantic_scores,
+    use_average_num_masks,
+)
+
+ID2LABEL = {0: "road", 1: "car", 2: "sky"}
+
+
+def tiny_mask_classification_model(model_type: str):
+    overrides = json.dumps(TINY_MASK_CLASSIFICATION[model_type])
+    return build_model(ModelArguments(model_type=model_type, config_overrides=overrides), ID2LABEL)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MASK_CLASSIFICATION))
+def tiny_family(request):
+    torch.manual_seed(0)
+    return tiny_mask_classification_model(request.param)
+
+
+def batch_of(labels: list[torch.Tensor]) -> dict:
+    examples = [{"pixel_values": torch.randn(3, 64, 64), "labels": label} for label in labels]
+    return collate_segmentation(examples, ignore_index=255, mask_targets=True)
+
+
+def test_is_mask_classification_tells_the_families_apart(tiny_family):
+    assert is_mask_classification(tiny_family) and is_mask_classification(tiny_family.config)
+    segformer = build_model(
+        ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER)), ID2LABEL
+    )
+    assert not is_mask_classification(segformer) and not is_mask_classification(segformer.config)
+    assert tiny_family.config.id2label == ID2LABEL
+
+
+def test_all_ignore_batch_gives_finite_loss_and_gradients(tiny_family):
+    batch = batch_of([torch.full((64, 64), 255), torch.full((64, 64), 255)])
+    assert [len(classes) for classes in batch["class_labels"]] == [0, 0]
+    tiny_family.train()
+    tiny_family.zero_grad()
+    outputs = tiny_family(
+        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
+    )
+    assert torch.isfinite(outputs.loss) and outputs.loss > 0  # "no object" for every query is still a loss
+    outputs.loss.backward()
+    grads = [p.grad for p in tiny_family.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+
+
+def test_loss_parts_add_up_to_the_loss(tiny_family):
+    parts = LossParts(tiny_family)
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[:, 32:] = 2
+    labels[:8] = 255
+    batch = batch_of([labels, torch.full((64, 64), 1)])
+    tiny_family.train()
+    outputs = tiny_family(
+        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
+    )
+    main, auxiliary = parts.pop()
+    assert torch.allclose(main + auxiliary, outputs.loss.detach(), rtol=1e-5)
+    assert main > 0
+    if tiny_family.config.model_type == "maskformer":  # use_auxiliary_loss is off by default (and broken in
+        assert auxiliary == 0  # transformers 5.24: its decoder returns no hidden states to supervise)
+    else:
+        assert auxiliary > 0  # Mask2Former's decoder layers, EoMT's earlier blocks
+    assert parts.pop() is None  # read once
+
+
+def test_semantic_scores_weigh_masks_by_class_probabilities():
+    class_logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))  # 2 queries, 2 classes + no-object
+    mask_logits = torch.tensor([[[[0.0, 100.0]], [[100.0, -100.0]]]])  # (1, 2, 1, 2): sigmoid 0.5/1 and 1/0
+    scores = semantic_scores(class_logits, mask_logits)
+    assert scores.shape == (1, 2, 1, 2)
+    expected = torch.tensor([[[[0.7 * 0.5 + 0.1, 0.7]], [[0.2 * 0.5 + 0.1, 0.2]]]])
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_per_pixel_loss_options_and_binary_task_are_refused():
+    defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
+    check_mask_classification_options("mask2former", "multiclass", defaults)
+    with pytest.raises(HfsegError, match=r"--loss ce_dice.*own loss.*--config_overrides"):
+        check_mask_classification_options(
+            "mask2former", "multiclass", SimpleNamespace(**{**vars(defaults), "loss": "ce_dice"})
+        )
+    with pytest.raises(HfsegError, match="--task binary"):
+        check_mask_classification_options("eomt", "binary", defaults)
+
+
+def _num_masks_on_rank(rank: int, port: int, counts: list[int], out_dir: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    from accelerate import PartialState
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    state = PartialState(cpu=True, backend="gloo")  # as `accelerate launch` sets up 2 CPU processes
+    criterion = Mask2FormerLoss(Mask2FormerConfig(num_labels=3), weight_dict={})
+    holder = torch.nn.ModuleDict({"criterion": criterion})
+    use_average_num_masks(holder)
+    class_labels = [torch.zeros(counts[rank], dtype=torch.long)]
+    num_masks = criterion.get_num_masks(class_labels, torch.device("cpu"))
+    with open(f"{out_dir}/rank{rank}.json", "w") as file:
+        json.dump({"num_masks": num_masks.item(), "num_processes": state.num_processes}, file)
+    state.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_num_masks_is_the_mean_over_processes(tmp_path):
+    """3 masks on one process and 5 on the other normalise both by 4, as 8 masks on 1 process with a batch twice
+    the size normalise by 8 over a loss twice as large (transformers' own count gives 2: mean, then / processes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_num_masks_on_rank, args=(port, [3, 5], str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [result["num_processes"] for result in results] == [2, 2]
+    assert [result["num_masks"] for result in results] == [4.0, 4.0]
