@@ -22,6 +22,7 @@ from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
 from hfseg.models.binary import binary_id2label
 from hfseg.models.channels import adapt_model_input_channels
+from hfseg.models.param_groups import ENCODER_PATHS
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,6 @@ logger = logging.getLogger(__name__)
 # Models that predict (class, binary mask) pairs per query; trained on semantic maps through per-class masks
 # (`hfseg.data.mask_targets`) and their own Hungarian-matched loss.
 MASK_CLASSIFICATION_MODEL_TYPES = ("eomt", "eomt_dinov3", "mask2former", "maskformer", "oneformer")
-
-# Where the pretrained image encoder sits inside each model type, when it is not the `backbone` child.
-ENCODER_PATHS = {
-    "mask2former": "model.pixel_level_module.encoder",
-    "maskformer": "model.pixel_level_module.encoder",
-    "oneformer": "model.pixel_level_module.encoder",
-}
 
 
 def supported_model_types() -> list[str]:

@@ -16,7 +16,13 @@ AUXILIARY_LOSS_KEY = re.compile(r"_\d+$")
 
 
 def check_mask_classification_options(model_type: str, task: str, training_args) -> None:
-    """Refuse hfseg's per-pixel loss options, which a mask-classification model's own loss never reads."""
+    """Refuse hfseg's per-pixel loss options, which a mask-classification model's own loss never reads, and
+    OneFormer, whose forward pass needs task-token inputs that hfseg does not build yet."""
+    if model_type == "oneformer":
+        raise HfsegError(
+            'OneFormer cannot be fine-tuned by hfseg yet: its forward pass needs `task_inputs`, the text "the task '
+            'is semantic" tokenized by its CLIP tokenizer; fine-tune a Mask2Former, MaskFormer or EoMT model instead'
+        )
     if task == "binary":
         raise HfsegError(
             f"--task binary: a {model_type} model classifies masks, it has no one-logit head; drop --task binary "

@@ -134,3 +134,53 @@ def test_num_masks_is_the_mean_over_processes(tmp_path):
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [result["num_processes"] for result in results] == [2, 2]
     assert [result["num_masks"] for result in results] == [4.0, 4.0]
+
+
+def training_step_batch() -> dict:
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[20:, 10:50] = 1
+    batch = batch_of([labels, torch.full((64, 64), 2)])
+    return {key: batch[key] for key in ("pixel_values", "mask_labels", "class_labels")}
+
+
+@pytest.mark.parametrize("model_type", ["mask2former", "maskformer"])
+def test_freeze_backbone_freezes_only_the_image_encoder(model_type):
+    from hfseg.models.freezing import backbone_parameter_names, set_backbone_frozen
+
+    model = tiny_mask_classification_model(model_type)
+    encoder = {name for name, _ in model.named_parameters() if name.startswith("model.pixel_level_module.encoder.")}
+    assert encoder and backbone_parameter_names(model) == encoder
+    set_backbone_frozen(model, True)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable and not trainable & encoder
+    assert any(name.startswith("model.pixel_level_module.decoder.") for name in trainable)  # pixel decoder trains
+    assert any(name.startswith("class_predictor.") for name in trainable)
+    model.train()
+    model(**training_step_batch()).loss.backward()
+    assert all(parameter.grad is None for name, parameter in model.named_parameters() if name in encoder)
+    assert all(model.get_parameter(name).grad is not None for name in trainable if "class_predictor" in name)
+
+
+def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full():
+    from hfseg.models.lora import apply_lora, merged_model
+
+    model = tiny_mask_classification_model("mask2former")
+    peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0)
+    trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
+    lora = [name for name in trainable if "lora_" in name]
+    assert lora and all(".pixel_level_module.encoder." in name for name in lora)
+    assert any(".transformer_module." in name and "lora_" not in name for name in trainable)  # decoder in full
+    assert not any(".pixel_level_module.encoder." in name for name in trainable if "lora_" not in name)
+    peft_model.train()
+    loss = peft_model(**training_step_batch()).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    merged = merged_model(peft_model).eval()
+    assert type(merged).__name__ == "Mask2FormerForUniversalSegmentation" and is_mask_classification(merged)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+
+
+def test_oneformer_is_refused_with_the_reason():
+    defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
+    with pytest.raises(HfsegError, match=r"OneFormer.*task_inputs.*CLIP tokenizer"):
+        check_mask_classification_options("oneformer", "multiclass", defaults)
