@@ -184,3 +184,32 @@ def test_oneformer_is_refused_with_the_reason():
     defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
     with pytest.raises(HfsegError, match=r"OneFormer.*task_inputs.*CLIP tokenizer"):
         check_mask_classification_options("oneformer", "multiclass", defaults)
+
+
+def test_mask2former_encoder_initialised_from_an_imagenet_swin(tmp_path):
+    from transformers import SwinConfig, SwinModel
+
+    torch.manual_seed(0)
+    swin = dict(TINY_MASK_CLASSIFICATION["mask2former"]["backbone_config"])
+    del swin["model_type"], swin["out_features"]
+    encoder = SwinModel(SwinConfig(**swin))
+    encoder.save_pretrained(tmp_path / "swin")
+    overrides = {
+        key: value for key, value in TINY_MASK_CLASSIFICATION["mask2former"].items() if key != "backbone_config"
+    }
+    args = ModelArguments(
+        model_type="mask2former",
+        config_overrides=json.dumps({**overrides, "backbone_config": {"model_type": "swin", "drop_path_rate": 0.1}}),
+        backbone_name_or_path=str(tmp_path / "swin"),
+    )
+    model = build_model(args, ID2LABEL)
+    assert model.config.backbone_config.embed_dim == 16 and model.config.backbone_config.drop_path_rate == 0.1
+    loaded = model.model.pixel_level_module.encoder.state_dict()
+    for name in (
+        "embeddings.patch_embeddings.projection.weight",
+        "encoder.layers.3.blocks.0.attention.q_proj.weight",
+    ):
+        (match,) = [key for key in loaded if key.endswith(name)]
+        assert torch.equal(loaded[match], encoder.get_parameter(name)), name
+    model.train()
+    assert torch.isfinite(model(**training_step_batch()).loss)
