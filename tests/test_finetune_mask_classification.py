@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_MASK_CLASSIFICATION
 
 from hfseg.finetune import main
+from hfseg.models.build import is_mask_classification, load_for_inference
 
 GENERIC_ID2LABEL = {"0": "background", "1": "one", "2": "two", "3": "three"}
 EM_ID2LABEL = {"0": "membrane", "1": "cell"}
@@ -77,3 +78,6 @@ def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_pat
         assert classifier and all(weights.get_slice(name).get_shape()[0] == 3 for name in classifier)  # 2 + none
     results = json.loads((second / "eval_results.json").read_text())
     assert len(results["eval_per_category_iou"]) == 2
+    model, processor = load_for_inference(str(second))  # what `hfseg evaluate` / `hfseg predict` load
+    assert is_mask_classification(model) and model.config.num_labels == 2 and not model.training
+    assert getattr(processor, "do_reduce_labels", False) is False  # hfseg applies the label spec itself
