@@ -213,3 +213,19 @@ def test_mask2former_encoder_initialised_from_an_imagenet_swin(tmp_path):
         assert torch.equal(loaded[match], encoder.get_parameter(name)), name
     model.train()
     assert torch.isfinite(model(**training_step_batch()).loss)
+
+
+def test_seg_trainer_takes_the_own_loss_as_a_batch_mean_under_accumulation(tmp_path):
+    """EoMT's forward accepts **kwargs, so plain Trainer would pass it num_items_in_batch and take its loss as already
+    scaled for gradient accumulation (too large by the number of accumulation steps); SegTrainer does not."""
+    from hfseg.config import SegTrainingArguments
+    from hfseg.training.trainer import SegTrainer
+
+    model = tiny_mask_classification_model("eomt")
+    args = SegTrainingArguments(
+        output_dir=str(tmp_path), gradient_accumulation_steps=2, report_to="none", use_cpu=True, eval_strategy="no"
+    )
+    trainer = SegTrainer(model=model, args=args)
+    assert trainer.model_accepts_loss_kwargs is False and trainer.loss_parts is not None
+    with pytest.raises(HfsegError, match="trains with its own loss"):
+        SegTrainer(model=model, args=args, loss_fn=lambda logits, labels, auxiliary: logits.sum())
