@@ -39,6 +39,28 @@ TINY_SEGFORMER = {
     "num_attention_heads": [1, 1, 1, 1],
     "decoder_hidden_size": 16,
 }
+# A small Mask2Former (Swin encoder): the mask-classification family's own loss (Hungarian matching, point-sampled
+# mask BCE + Dice over every decoder layer) is a larger share of the step than a SegFormer's cross-entropy.
+SMALL_MASK2FORMER = {
+    "backbone_config": {
+        "model_type": "swin",
+        "embed_dim": 32,
+        "depths": [1, 1, 2, 1],
+        "num_heads": [1, 2, 4, 8],
+        "window_size": 8,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    },
+    "hidden_dim": 64,
+    "encoder_feedforward_dim": 128,
+    "dim_feedforward": 256,
+    "encoder_layers": 2,
+    "decoder_layers": 4,
+    "num_queries": 32,
+    "num_attention_heads": 4,
+    "mask_feature_size": 64,
+    "feature_size": 64,
+    "train_num_points": 1024,
+}
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

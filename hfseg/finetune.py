@@ -32,7 +32,13 @@ from hfseg.hub.card import write_model_card
 from hfseg.hub.network import hub_sources, require_hub_sources
 from hfseg.hub.push import prepare_hub_push, push_finished_run
 from hfseg.models.binary import check_binary_options, export_binary_head
-from hfseg.models.build import build_image_processor, build_model, processor_input_size, processor_mean_std
+from hfseg.models.build import (
+    build_image_processor,
+    build_model,
+    is_mask_classification,
+    processor_input_size,
+    processor_mean_std,
+)
 from hfseg.models.lora import (
     apply_lora,
     is_peft_model,
@@ -44,6 +50,7 @@ from hfseg.models.lora import (
     write_parameter_counts,
 )
 from hfseg.models.losses import build_loss, training_masks
+from hfseg.models.mask_classification import check_mask_classification_options
 from hfseg.models.vit_backbone import align_sizes_to_patch
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.training.interrupts import train
@@ -114,16 +121,23 @@ def run(model_args, data_args, training_args) -> dict:
         model = apply_lora(
             model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
         )
-    train_masks = training_masks(
-        source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
-    )
-    loss_fn = build_loss(training_args, model.config, data_args.ignore_index, train_masks)
+    mask_classification = is_mask_classification(model)  # Mask2Former & co.: their own loss on per-class masks
+    if mask_classification:
+        check_mask_classification_options(model.config.model_type, model_args.task, training_args)
+        loss_fn = None
+    else:
+        train_masks = training_masks(
+            source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
+        )
+        loss_fn = build_loss(training_args, model.config, data_args.ignore_index, train_masks)
     trainer = SegTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=functools.partial(collate_segmentation, ignore_index=data_args.ignore_index),
+        data_collator=functools.partial(
+            collate_segmentation, ignore_index=data_args.ignore_index, mask_targets=mask_classification
+        ),
         compute_metrics=TrainerSegmentationMetrics(
             spec.id2label, data_args.ignore_index, foreground=model_args.task == "binary"
         ),

@@ -71,6 +71,38 @@ TINY_UPERNET_SWIN = {
     },
 }
 
+# Mask-classification models (trained with their own Hungarian-matched loss), tiny enough to train in seconds.
+TINY_SWIN_BACKBONE = {
+    "model_type": "swin",
+    "embed_dim": 16,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 2, 2],
+    "window_size": 4,
+    "image_size": 64,
+    "out_features": ["stage1", "stage2", "stage3", "stage4"],
+}
+TINY_MASK_CLASSIFICATION = {
+    "mask2former": {
+        "backbone_config": TINY_SWIN_BACKBONE,
+        "hidden_dim": 32, "encoder_feedforward_dim": 64, "dim_feedforward": 64, "encoder_layers": 1,
+        "decoder_layers": 2, "num_queries": 8, "num_attention_heads": 2, "mask_feature_size": 32,
+        "feature_size": 32, "train_num_points": 64,
+    },
+    "maskformer": {
+        "backbone_config": TINY_SWIN_BACKBONE, "fpn_feature_size": 32, "mask_feature_size": 32, "num_queries": 8,
+        "decoder_config": {
+            "model_type": "detr", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2,
+            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64, "num_queries": 8,
+        },
+    },
+    "eomt": {
+        "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
+        "num_blocks": 1, "patch_size": 16, "image_size": 64, "num_queries": 8, "num_upscale_blocks": 2,
+        "train_num_points": 64, "num_register_tokens": 0,
+    },
+}  # fmt: skip
+
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):

@@ -118,6 +118,7 @@ def test_what_users_type_still_imports():
 USED_WITHOUT_IMPORT = {
     "accelerate": "transformers.Trainer requires it",
     "safetensors": "save_pretrained writes model.safetensors with it",
+    "scipy": "the Hungarian matcher of Mask2Former/MaskFormer/EoMT losses in transformers requires it",
 }
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from hfseg.data.mask_targets import batch_mask_targets
 
-def collate_segmentation(examples: list[dict], ignore_index: int = 255) -> dict[str, torch.Tensor]:
+
+def collate_segmentation(
+    examples: list[dict], ignore_index: int = 255, mask_targets: bool = False
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Examples {pixel_values (3, h, w), labels (H_i, W_i)} -> batch.
 
     Returns:
@@ -13,6 +17,9 @@ def collate_segmentation(examples: list[dict], ignore_index: int = 255) -> dict[
         `ignore_index`; label_sizes (B, 2), each label's own (H_i, W_i), so evaluation can upsample
         logits to every image's true size. Images of different sizes (eval transforms that keep the
         aspect ratio) are padded with 0 at the bottom/right and `pixel_sizes` (B, 2) gives their own sizes.
+        With `mask_targets` (mask-classification models), also `mask_labels` [(K_i, max H, max W)] and
+        `class_labels` [(K_i,)]: per-image lists of the padded labels' binary masks and class ids
+        (`hfseg.data.mask_targets`).
     """
     pixel_values, pixel_sizes = pad_pixel_values([example["pixel_values"] for example in examples])
     batch = {"pixel_values": pixel_values}
@@ -28,6 +35,8 @@ def collate_segmentation(examples: list[dict], ignore_index: int = 255) -> dict[
         padded[index, : label.shape[-2], : label.shape[-1]] = label
     batch["labels"] = padded
     batch["label_sizes"] = sizes
+    if mask_targets:  # from the padded labels, so the masks line up with the padded images
+        batch.update(batch_mask_targets(list(padded), ignore_index))
     return batch
 
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from hfseg.data.collate import pad_pixel_values
 from hfseg.errors import HfsegError
 from hfseg.evaluation.metrics import upsample_logits
+from hfseg.models.build import is_mask_classification
+from hfseg.models.mask_classification import semantic_scores
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -112,7 +114,10 @@ def eval_transform_for(processor, options: InferenceOptions):
 
 def forward_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, 3, h, w) -> (B, C, h', w') raw logits at the model's output resolution."""
-    return model(pixel_values=pixel_values).logits
+    outputs = model(pixel_values=pixel_values)
+    if is_mask_classification(model):
+        return semantic_scores(outputs.class_queries_logits, outputs.masks_queries_logits)
+    return outputs.logits
 
 
 def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:

@@ -1,4 +1,6 @@
-"""Build or load an `AutoModelForSemanticSegmentation` and its image processor for a label set."""
+"""Build or load a semantic-segmentation model and its image processor for a label set: a per-pixel classifier
+(`AutoModelForSemanticSegmentation`) or a mask-classification model (`AutoModelForUniversalSegmentation`:
+Mask2Former, MaskFormer, OneFormer, EoMT) trained on semantic maps."""
 
 from __future__ import annotations
 
@@ -7,7 +9,12 @@ import logging
 from pathlib import Path
 
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+)
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
@@ -15,13 +22,33 @@ from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
 from hfseg.models.binary import binary_id2label
 from hfseg.models.channels import adapt_model_input_channels
+from hfseg.models.param_groups import ENCODER_PATHS
 from hfseg.models.vit_backbone import backbone_config_with_layers, out_features_for
 
 logger = logging.getLogger(__name__)
 
 
+# Models that predict (class, binary mask) pairs per query; trained on semantic maps through per-class masks
+# (`hfseg.data.mask_targets`) and their own Hungarian-matched loss.
+MASK_CLASSIFICATION_MODEL_TYPES = ("eomt", "eomt_dinov3", "mask2former", "maskformer", "oneformer")
+
+
 def supported_model_types() -> list[str]:
-    return sorted(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
+    return sorted({*MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES, *MASK_CLASSIFICATION_MODEL_TYPES})
+
+
+def is_mask_classification(model_or_config) -> bool:
+    """Whether a model (or its config) predicts per-query classes and masks (`class_queries_logits`,
+    `masks_queries_logits`) rather than per-pixel logits."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) in MASK_CLASSIFICATION_MODEL_TYPES
+
+
+def model_class_for(config):
+    """The Auto class that builds `config`'s segmentation model."""
+    if is_mask_classification(config):
+        return AutoModelForUniversalSegmentation
+    return AutoModelForSemanticSegmentation
 
 
 def _config_overrides(model_args) -> dict:
@@ -62,15 +89,16 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
             "model; a checkpoint or another model type keeps its own, so drop --out_indices"
         )
     if model_args.model_type:
-        if model_args.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+        if model_args.model_type not in supported_model_types():
             raise HfsegError(_unsupported_message(model_args.model_type))
         backbone = _pretrained_backbone(model_args, overrides)
         if backbone is None and isinstance(overrides.get("backbone_config"), dict):
             overrides["backbone_config"] = backbone_config_with_layers(overrides["backbone_config"], out_indices)
         config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
-        model = AutoModelForSemanticSegmentation.from_config(config)
+        model = model_class_for(config).from_config(config)
         if backbone is not None:
-            model.backbone.load_state_dict(backbone.state_dict())
+            encoder = model.get_submodule(ENCODER_PATHS.get(config.model_type, "backbone"))
+            encoder.load_state_dict(backbone.state_dict())
         return _with_input_channels(model, model_args)
     name = model_args.model_name_or_path
     if not name:
@@ -79,7 +107,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     config = load_segmentation_config(model_args, overrides)
     for key, value in labels.items():
         setattr(config, key, value)
-    model = AutoModelForSemanticSegmentation.from_pretrained(
+    model = model_class_for(config).from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
     )
     return _with_input_channels(model, model_args)
@@ -113,7 +141,7 @@ def segmentation_config(name: str, flag: str, kwargs: dict, fix: str):
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise HfsegError(f"{flag} {name}: cannot load a model config ({str(error).splitlines()[0]}); {fix}") from None
-    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
+    if type(config) not in AutoModelForSemanticSegmentation._model_mapping and not is_mask_classification(config):
         raise HfsegError(
             f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
             f"{_unsupported_message(config.model_type)}"
@@ -126,10 +154,10 @@ def _pretrained_backbone(model_args, overrides: dict):
     name = getattr(model_args, "backbone_name_or_path", None)
     if not name:
         return None
-    if model_args.model_type != "upernet":
+    if model_args.model_type != "upernet" and model_args.model_type not in ENCODER_PATHS:
         raise HfsegError(
-            f"--backbone_name_or_path works with --model_type upernet, not '{model_args.model_type}'; "
-            "for other models pass the whole checkpoint as --model_name_or_path"
+            f"--backbone_name_or_path works with --model_type {', '.join(['upernet', *ENCODER_PATHS])}, not "
+            f"'{model_args.model_type}'; for other models pass the whole checkpoint as --model_name_or_path"
         )
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
@@ -156,7 +184,9 @@ def _pretrained_backbone(model_args, overrides: dict):
     try:
         backbone = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(name, config=config, **kwargs)
     except (ValueError, OSError) as error:
-        raise HfsegError(f"--backbone_name_or_path {name} cannot serve as a UperNet backbone: {error}") from None
+        raise HfsegError(
+            f"--backbone_name_or_path {name} cannot serve as a {model_args.model_type} backbone: {error}"
+        ) from None
     overrides["backbone_config"] = backbone.config
     return backbone
 
@@ -248,7 +278,7 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
         check_saved_model(name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = segmentation_config(name, "--model", kwargs, fix="pass a saved model directory or a Hub id")
-    model = own_aligned_storage(AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs))
+    model = own_aligned_storage(model_class_for(config).from_pretrained(name, config=config, **kwargs))
     try:
         processor = AutoImageProcessor.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:

@@ -22,7 +22,7 @@ def backbone_module(model: nn.Module) -> nn.Module:
             f"--freeze_backbone: {type(model).__name__} has no separate encoder (no base-model or 'backbone' child) "
             "to freeze; drop the flag"
         )
-    return getattr(model, prefix)
+    return model.get_submodule(prefix)
 
 
 def backbone_parameter_names(model: nn.Module) -> set[str]:

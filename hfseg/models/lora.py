@@ -45,11 +45,22 @@ def encoder_type(model: nn.Module) -> str:
 
 
 def head_module_names(model: nn.Module) -> list[str]:
-    """Top-level children outside the encoder (decode_head, auxiliary_head, neck, head ...): trained in full."""
+    """Modules outside the encoder (decode_head, auxiliary_head, neck, head ...; for an encoder at a dotted path,
+    every sibling along it, e.g. Mask2Former's pixel decoder, transformer decoder and class predictor): trained in
+    full."""
     prefix = backbone_prefix(model)
     if prefix is None:
         raise HfsegError(f"--peft lora: {type(model).__name__} has no separate encoder to adapt; drop --peft")
-    return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
+    parts = prefix.split(".")
+    names = []
+    for depth, part in enumerate(parts):
+        parent = model.get_submodule(".".join(parts[:depth]))
+        names += [
+            ".".join([*parts[:depth], name])
+            for name, child in parent.named_children()
+            if name != part and any(True for _ in child.parameters())
+        ]
+    return names
 
 
 def target_modules_for(model: nn.Module, requested: list[str] | None) -> list[str]:

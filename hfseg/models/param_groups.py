@@ -30,9 +30,21 @@ EMBEDDING_NAME_PATTERN = re.compile(r"embed|stem|cls_token|mask_token|downsampl"
 BLOCK_INDEX_PATTERN = re.compile(r"(?:^|\.)(?:stages|layers|layer|block)\.(\d+)\.")
 
 
+# Where the pretrained image encoder sits in models whose base model also holds the heads (mask classification).
+ENCODER_PATHS = {
+    "mask2former": "model.pixel_level_module.encoder",
+    "maskformer": "model.pixel_level_module.encoder",
+    "oneformer": "model.pixel_level_module.encoder",
+}
+
+
 def backbone_prefix(model: nn.Module) -> str | None:
-    """Name of the child holding the pretrained encoder: `base_model_prefix` (segformer, beit, dpt, mobilevit,
-    mobilenet_v2) or `backbone` (UperNet); None when the model has no separate encoder."""
+    """Name of the module holding the pretrained encoder: `base_model_prefix` (segformer, beit, dpt, mobilevit,
+    mobilenet_v2), `backbone` (UperNet) or a dotted path (`ENCODER_PATHS`: Mask2Former, MaskFormer, OneFormer); None
+    when the model has no separate encoder (EoMT: its ViT and its queries are one stack)."""
+    path = ENCODER_PATHS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if path is not None:
+        return path
     prefix = getattr(model, "base_model_prefix", "")
     children = dict(model.named_children())
     if prefix in children:

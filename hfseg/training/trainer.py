@@ -15,9 +15,10 @@ from hfseg.errors import HfsegError
 from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
 from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.binary import binary_logits_as_two_classes
-from hfseg.models.build import processor_input_size
+from hfseg.models.build import is_mask_classification, processor_input_size
 from hfseg.models.freezing import backbone_parameter_names
 from hfseg.models.lora import base_model_of, is_peft_model, load_adapter_weights
+from hfseg.models.mask_classification import LossParts, use_average_num_masks
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.backbone_freezing import FreezeBackboneCallback
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
@@ -33,6 +34,9 @@ class SegTrainer(Trainer):
             fields of `args`, slide defaults from the image processor's size.
         loss_fn: `hfseg.models.losses.SegmentationLoss` (or any `(logits, labels, auxiliary_logits) -> loss`);
             None keeps the model's own loss.
+        A mask-classification model (Mask2Former, MaskFormer, OneFormer, EoMT) trains with its own loss on the
+        batch's `mask_labels` / `class_labels` (`collate_segmentation(mask_targets=True)`); its main and auxiliary
+        parts are logged as `loss_main` and `loss_aux`.
         Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple;
         `args.freeze_backbone` / `args.freeze_backbone_steps` freeze the encoder (`FreezeBackboneCallback`).
     """
@@ -66,6 +70,15 @@ class SegTrainer(Trainer):
         self.loss_guard = StopOnNonFiniteLoss()
         self.add_callback(self.loss_guard)
         self._auxiliary_logits = None
+        self.loss_parts = None
+        if is_mask_classification(self.model):
+            if loss_fn is not None:
+                raise HfsegError(f"{type(self.model).__name__} trains with its own loss; pass loss_fn=None")
+            use_average_num_masks(self.model)
+            self.loss_parts = LossParts(self.model)
+            self.model_accepts_loss_kwargs = False  # its loss is a per-batch mean: Trainer scales it for accumulation
+            self._loss_parts_sum = None
+            self._loss_parts_count = 0
         if loss_fn is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
             auxiliary_head = getattr(self.model, "auxiliary_head", None)
@@ -77,6 +90,8 @@ class SegTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key not in ("label_sizes", "pixel_sizes")}
+        if self.loss_parts is not None:
+            return self._compute_mask_classification_loss(model, inputs, return_outputs)
         if self.loss_fn is None or "labels" not in inputs:
             result = super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -92,6 +107,31 @@ class SegTrainer(Trainer):
             loss = result[0] if return_outputs else result
             self.loss_guard.record(loss, self.state.global_step + 1, current_learning_rate(self))
         return result
+
+    def _compute_mask_classification_loss(self, model, inputs, return_outputs: bool):
+        """The model's own loss on `mask_labels` / `class_labels` (the label map itself is for evaluation only)."""
+        inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        inputs["pixel_values"] = self._pixel_values(inputs)
+        self.loss_parts.pop()  # nothing left over from a pass that computed no loss
+        outputs = model(**inputs)
+        loss = outputs.loss
+        parts = self.loss_parts.pop()
+        if model.training:
+            self.loss_guard.record(loss, self.state.global_step + 1, current_learning_rate(self))
+            if parts is not None:
+                parts = torch.stack(parts)
+                self._loss_parts_sum = parts if self._loss_parts_sum is None else self._loss_parts_sum + parts
+                self._loss_parts_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Adds `loss_main` / `loss_aux` (mask-classification models) to the training loss logs: their mean over the
+        batches since the last log, averaged over processes."""
+        if self.loss_parts is not None and "loss" in logs and self._loss_parts_count:
+            parts = self.accelerator.reduce(self._loss_parts_sum / self._loss_parts_count, reduction="mean")
+            logs = {**logs, "loss_main": round(parts[0].item(), 4), "loss_aux": round(parts[1].item(), 4)}
+            self._loss_parts_sum, self._loss_parts_count = None, 0
+        super().log(logs, *args, **kwargs)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Everything but biases, norm layers and position embeddings."""

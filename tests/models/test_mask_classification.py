@@ -1,0 +1,231 @@
+"""Mask-classification models (Mask2Former, MaskFormer, EoMT) on semantic-map targets: their own loss stays defined
+on batches without a labelled pixel, its main/auxiliary parts add up, the number of masks is averaged (not divided
+twice) over processes, and query outputs become per-pixel class scores."""
+
+import json
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TINY_MASK_CLASSIFICATION, TINY_SEGFORMER
+
+from hfseg.config import ModelArguments
+from hfseg.data.collate import collate_segmentation
+from hfseg.errors import HfsegError
+from hfseg.models.build import build_model, is_mask_classification
+from hfseg.models.mask_classification import (
+    LossParts,
+    check_mask_classification_options,
+    semantic_scores,
+    use_average_num_masks,
+)
+
+ID2LABEL = {0: "road", 1: "car", 2: "sky"}
+
+
+def tiny_mask_classification_model(model_type: str):
+    overrides = json.dumps(TINY_MASK_CLASSIFICATION[model_type])
+    return build_model(ModelArguments(model_type=model_type, config_overrides=overrides), ID2LABEL)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MASK_CLASSIFICATION))
+def tiny_family(request):
+    torch.manual_seed(0)
+    return tiny_mask_classification_model(request.param)
+
+
+def batch_of(labels: list[torch.Tensor]) -> dict:
+    examples = [{"pixel_values": torch.randn(3, 64, 64), "labels": label} for label in labels]
+    return collate_segmentation(examples, ignore_index=255, mask_targets=True)
+
+
+def test_is_mask_classification_tells_the_families_apart(tiny_family):
+    assert is_mask_classification(tiny_family) and is_mask_classification(tiny_family.config)
+    segformer = build_model(
+        ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER)), ID2LABEL
+    )
+    assert not is_mask_classification(segformer) and not is_mask_classification(segformer.config)
+    assert tiny_family.config.id2label == ID2LABEL
+
+
+def test_all_ignore_batch_gives_finite_loss_and_gradients(tiny_family):
+    batch = batch_of([torch.full((64, 64), 255), torch.full((64, 64), 255)])
+    assert [len(classes) for classes in batch["class_labels"]] == [0, 0]
+    tiny_family.train()
+    tiny_family.zero_grad()
+    outputs = tiny_family(
+        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
+    )
+    assert torch.isfinite(outputs.loss) and outputs.loss > 0  # "no object" for every query is still a loss
+    outputs.loss.backward()
+    grads = [p.grad for p in tiny_family.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+
+
+def test_loss_parts_add_up_to_the_loss(tiny_family):
+    parts = LossParts(tiny_family)
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[:, 32:] = 2
+    labels[:8] = 255
+    batch = batch_of([labels, torch.full((64, 64), 1)])
+    tiny_family.train()
+    outputs = tiny_family(
+        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
+    )
+    main, auxiliary = parts.pop()
+    assert torch.allclose(main + auxiliary, outputs.loss.detach(), rtol=1e-5)
+    assert main > 0
+    if tiny_family.config.model_type == "maskformer":  # use_auxiliary_loss is off by default (and broken in
+        assert auxiliary == 0  # transformers 5.24: its decoder returns no hidden states to supervise)
+    else:
+        assert auxiliary > 0  # Mask2Former's decoder layers, EoMT's earlier blocks
+    assert parts.pop() is None  # read once
+
+
+def test_semantic_scores_weigh_masks_by_class_probabilities():
+    class_logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))  # 2 queries, 2 classes + no-object
+    mask_logits = torch.tensor([[[[0.0, 100.0]], [[100.0, -100.0]]]])  # (1, 2, 1, 2): sigmoid 0.5/1 and 1/0
+    scores = semantic_scores(class_logits, mask_logits)
+    assert scores.shape == (1, 2, 1, 2)
+    expected = torch.tensor([[[[0.7 * 0.5 + 0.1, 0.7]], [[0.2 * 0.5 + 0.1, 0.2]]]])
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_per_pixel_loss_options_and_binary_task_are_refused():
+    defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
+    check_mask_classification_options("mask2former", "multiclass", defaults)
+    with pytest.raises(HfsegError, match=r"--loss ce_dice.*own loss.*--config_overrides"):
+        check_mask_classification_options(
+            "mask2former", "multiclass", SimpleNamespace(**{**vars(defaults), "loss": "ce_dice"})
+        )
+    with pytest.raises(HfsegError, match="--task binary"):
+        check_mask_classification_options("eomt", "binary", defaults)
+
+
+def _num_masks_on_rank(rank: int, port: int, counts: list[int], out_dir: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    from accelerate import PartialState
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    state = PartialState(cpu=True, backend="gloo")  # as `accelerate launch` sets up 2 CPU processes
+    criterion = Mask2FormerLoss(Mask2FormerConfig(num_labels=3), weight_dict={})
+    holder = torch.nn.ModuleDict({"criterion": criterion})
+    use_average_num_masks(holder)
+    class_labels = [torch.zeros(counts[rank], dtype=torch.long)]
+    num_masks = criterion.get_num_masks(class_labels, torch.device("cpu"))
+    with open(f"{out_dir}/rank{rank}.json", "w") as file:
+        json.dump({"num_masks": num_masks.item(), "num_processes": state.num_processes}, file)
+    state.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_num_masks_is_the_mean_over_processes(tmp_path):
+    """3 masks on one process and 5 on the other normalise both by 4, as 8 masks on 1 process with a batch twice
+    the size normalise by 8 over a loss twice as large (transformers' own count gives 2: mean, then / processes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_num_masks_on_rank, args=(port, [3, 5], str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [result["num_processes"] for result in results] == [2, 2]
+    assert [result["num_masks"] for result in results] == [4.0, 4.0]
+
+
+def training_step_batch() -> dict:
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[20:, 10:50] = 1
+    batch = batch_of([labels, torch.full((64, 64), 2)])
+    return {key: batch[key] for key in ("pixel_values", "mask_labels", "class_labels")}
+
+
+@pytest.mark.parametrize("model_type", ["mask2former", "maskformer"])
+def test_freeze_backbone_freezes_only_the_image_encoder(model_type):
+    from hfseg.models.freezing import backbone_parameter_names, set_backbone_frozen
+
+    model = tiny_mask_classification_model(model_type)
+    encoder = {name for name, _ in model.named_parameters() if name.startswith("model.pixel_level_module.encoder.")}
+    assert encoder and backbone_parameter_names(model) == encoder
+    set_backbone_frozen(model, True)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable and not trainable & encoder
+    assert any(name.startswith("model.pixel_level_module.decoder.") for name in trainable)  # pixel decoder trains
+    assert any(name.startswith("class_predictor.") for name in trainable)
+    model.train()
+    model(**training_step_batch()).loss.backward()
+    assert all(parameter.grad is None for name, parameter in model.named_parameters() if name in encoder)
+    assert all(model.get_parameter(name).grad is not None for name in trainable if "class_predictor" in name)
+
+
+def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full():
+    from hfseg.models.lora import apply_lora, merged_model
+
+    model = tiny_mask_classification_model("mask2former")
+    peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0)
+    trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
+    lora = [name for name in trainable if "lora_" in name]
+    assert lora and all(".pixel_level_module.encoder." in name for name in lora)
+    assert any(".transformer_module." in name and "lora_" not in name for name in trainable)  # decoder in full
+    assert not any(".pixel_level_module.encoder." in name for name in trainable if "lora_" not in name)
+    peft_model.train()
+    loss = peft_model(**training_step_batch()).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    merged = merged_model(peft_model).eval()
+    assert type(merged).__name__ == "Mask2FormerForUniversalSegmentation" and is_mask_classification(merged)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+
+
+def test_oneformer_is_refused_with_the_reason():
+    defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
+    with pytest.raises(HfsegError, match=r"OneFormer.*task_inputs.*CLIP tokenizer"):
+        check_mask_classification_options("oneformer", "multiclass", defaults)
+
+
+def test_mask2former_encoder_initialised_from_an_imagenet_swin(tmp_path):
+    from transformers import SwinConfig, SwinModel
+
+    torch.manual_seed(0)
+    swin = dict(TINY_MASK_CLASSIFICATION["mask2former"]["backbone_config"])
+    del swin["model_type"], swin["out_features"]
+    encoder = SwinModel(SwinConfig(**swin))
+    encoder.save_pretrained(tmp_path / "swin")
+    overrides = {
+        key: value for key, value in TINY_MASK_CLASSIFICATION["mask2former"].items() if key != "backbone_config"
+    }
+    args = ModelArguments(
+        model_type="mask2former",
+        config_overrides=json.dumps({**overrides, "backbone_config": {"model_type": "swin", "drop_path_rate": 0.1}}),
+        backbone_name_or_path=str(tmp_path / "swin"),
+    )
+    model = build_model(args, ID2LABEL)
+    assert model.config.backbone_config.embed_dim == 16 and model.config.backbone_config.drop_path_rate == 0.1
+    loaded = model.model.pixel_level_module.encoder.state_dict()
+    for name in (
+        "embeddings.patch_embeddings.projection.weight",
+        "encoder.layers.3.blocks.0.attention.q_proj.weight",
+    ):
+        (match,) = [key for key in loaded if key.endswith(name)]
+        assert torch.equal(loaded[match], encoder.get_parameter(name)), name
+    model.train()
+    assert torch.isfinite(model(**training_step_batch()).loss)
+
+
+def test_seg_trainer_takes_the_own_loss_as_a_batch_mean_under_accumulation(tmp_path):
+    """EoMT's forward accepts **kwargs, so plain Trainer would pass it num_items_in_batch and take its loss as already
+    scaled for gradient accumulation (too large by the number of accumulation steps); SegTrainer does not."""
+    from hfseg.config import SegTrainingArguments
+    from hfseg.training.trainer import SegTrainer
+
+    model = tiny_mask_classification_model("eomt")
+    args = SegTrainingArguments(
+        output_dir=str(tmp_path), gradient_accumulation_steps=2, report_to="none", use_cpu=True, eval_strategy="no"
+    )
+    trainer = SegTrainer(model=model, args=args)
+    assert trainer.model_accepts_loss_kwargs is False and trainer.loss_parts is not None
+    with pytest.raises(HfsegError, match="trains with its own loss"):
+        SegTrainer(model=model, args=args, loss_fn=lambda logits, labels, auxiliary: logits.sum())
