@@ -14,6 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from hfseg.data.bands import TYPE_MAX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,6 +81,8 @@ class PhotometricDistortion(v2.ColorJitter):
     images is `adjust_hue`, the costliest step made about 3x faster."""
 
     def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] not in (1, 3):  # N bands: no colour to jitter
+            return tv_tensors.wrap(adjust_bands(inpt.as_subclass(torch.Tensor), params), like=inpt)
         if not isinstance(inpt, tv_tensors.Image) or inpt.dtype != torch.uint8 or params["hue_factor"] is None:
             return super().transform(inpt, params)
         output = inpt
@@ -114,6 +118,26 @@ def adjust_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return out.mul_((256.0 - 1e-3) / 255.0).to(torch.uint8)
 
 
+def adjust_bands(image: torch.Tensor, params: dict) -> torch.Tensor:
+    """(C, H, W) image of any band count and type -> `ColorJitter`'s brightness and contrast steps with its draws
+    (`params`), in its order, over all bands at once; saturation and hue need RGB and are left out. Integer
+    images are clamped to their type's range, as `ColorJitter` does; float images are not (their range is
+    their own)."""
+    bound = TYPE_MAX.get(image.dtype)
+    output = image.float()
+    for fn_id in params["fn_idx"].tolist():
+        if fn_id == 0 and params["brightness_factor"] is not None:
+            output = output * params["brightness_factor"]
+        elif fn_id == 1 and params["contrast_factor"] is not None:
+            mean = output.mean()
+            output = (output - mean) * params["contrast_factor"] + mean
+        else:
+            continue
+        if bound is not None:
+            output = output.clamp_(0, bound)
+    return output.to(image.dtype)
+
+
 class TrainTransform:
     """Random scale -> cat-max-ratio crop -> flip -> photometric distortion -> normalise."""
 
@@ -140,7 +164,8 @@ class TrainTransform:
 
     def __call__(self, image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB image ((3, H, W) uint8 tensor or PIL) + (H, W) int labels -> pixel_values (3, crop, crop) float,
-        labels (crop, crop) int64. The image stays uint8 until the final normalisation."""
+        labels (crop, crop) int64. The image stays uint8 until the final normalisation; (C, H, W) bands
+        (`read_bands`: uint8, uint16 or float32) keep their type until then too, scaled to [0, 1] by it."""
         image, mask = to_tv_tensors(image, mask, self.crop.ignore_index)
         image, mask = self.scale(image, mask)
         image, mask = self.crop(image, mask)
@@ -161,7 +186,8 @@ class EvalTransform:
         self.image_transform = v2.Compose(steps)
 
     def __call__(self, image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """RGB image ((3, H, W) uint8 tensor or PIL) + (H, W) labels or None -> (pixel_values, int64 labels)."""
+        """RGB image ((3, H, W) uint8 tensor or PIL), or (C, H, W) bands of any type, + (H, W) labels or None ->
+        (pixel_values (C, h, w) float, int64 labels)."""
         pixel_values = self.image_transform(image_tensor(image)).as_subclass(torch.Tensor)
         labels = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
         return pixel_values, labels
@@ -180,5 +206,5 @@ def to_tv_tensors(image, mask: np.ndarray, ignore_index: int = 255) -> tuple[tv_
 
 
 def image_tensor(image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor as it is; a PIL image as one."""
+    """A (C, H, W) tensor as it is; a PIL image as (3, H, W) uint8 (or as its own bands)."""
     return image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
