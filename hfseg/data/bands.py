@@ -150,3 +150,55 @@ def preview_rgb(pixels: torch.Tensor) -> Image.Image:
     high = flat.quantile(0.99, dim=1)[:, None, None] if flat.shape[1] else torch.ones(3, 1, 1)
     stretched = ((bands - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
     return Image.fromarray((stretched * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def band_statistics(images, total: int | None = None, progress: bool = True) -> tuple[list[float], list[float]]:
+    """Per-band mean and (population) std of images in [0, 1] units (`scaled_float`), streamed one image at a
+    time: (count, mean, sum of squared deviations) merged per image (Chan et al.), exact in float64.
+
+    Args:
+        images: an iterable of anything `read_bands` reads (undecoded rows stream best).
+        total: the number of images, for the progress bar.
+
+    Raises:
+        HfsegError: no images, or images with different numbers of bands (naming the first that differs).
+    """
+    from tqdm.auto import tqdm
+
+    count, mean, squares = 0, None, None
+    for index, image in enumerate(tqdm(images, total=total, desc="band statistics", unit="img", disable=not progress)):
+        pixels = scaled_float(read_bands(image, name=f"image {index}")).double()
+        values = pixels.reshape(pixels.shape[0], -1)
+        if mean is not None and values.shape[0] != mean.shape[0]:
+            raise HfsegError(
+                f"{_name_of(image, f'image {index}')} has {values.shape[0]} band(s) but the images before it have "
+                f"{mean.shape[0]}; every image of a data set needs the same bands"
+            )
+        if values.shape[1] == 0:
+            continue
+        image_mean = values.mean(dim=1)
+        image_squares = (values - image_mean[:, None]).square().sum(dim=1)
+        if mean is None:
+            count, mean, squares = values.shape[1], image_mean, image_squares
+            continue
+        delta, merged = image_mean - mean, count + values.shape[1]
+        mean = mean + delta * values.shape[1] / merged
+        squares = squares + image_squares + delta.square() * count * values.shape[1] / merged
+        count = merged
+    if mean is None:
+        raise HfsegError(
+            "no image pixels to compute band statistics from; point the data flags at a split with images"
+        )
+    return mean.tolist(), (squares / count).sqrt().tolist()
+
+
+def recipe_lines(mean: list[float], std: list[float]) -> str:
+    """The recipe fields that normalise with `mean`/`std`: `image_mean: [...]`, `image_std: [...]`,
+    `num_channels: N`."""
+    return "\n".join(
+        [
+            "image_mean: [" + ", ".join(f"{value:.6g}" for value in mean) + "]",
+            "image_std: [" + ", ".join(f"{value:.6g}" for value in std) + "]",
+            f"num_channels: {len(mean)}",
+        ]
+    )
