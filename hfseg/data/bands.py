@@ -135,9 +135,10 @@ def _name_of(image, fallback: str) -> str:
     return getattr(image, "filename", "") or fallback
 
 
-def scaled_float(pixels: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) uint8/uint16/float -> float32 in [0, 1] units, as `ToDtype(float32, scale=True)` scales it."""
-    return pixels.float() / TYPE_MAX[pixels.dtype] if pixels.dtype in TYPE_MAX else pixels.float()
+def scaled_float(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(C, H, W) uint8/uint16/float -> `dtype` in [0, 1] units, as `ToDtype(float32, scale=True)` scales it."""
+    values = pixels.to(dtype)
+    return values / TYPE_MAX[pixels.dtype] if pixels.dtype in TYPE_MAX else values
 
 
 def preview_rgb(pixels: torch.Tensor) -> Image.Image:
@@ -167,7 +168,7 @@ def band_statistics(images, total: int | None = None, progress: bool = True) -> 
 
     count, mean, squares = 0, None, None
     for index, image in enumerate(tqdm(images, total=total, desc="band statistics", unit="img", disable=not progress)):
-        pixels = scaled_float(read_bands(image, name=f"image {index}")).double()
+        pixels = scaled_float(read_bands(image, name=f"image {index}"), torch.float64)
         values = pixels.reshape(pixels.shape[0], -1)
         if mean is not None and values.shape[0] != mean.shape[0]:
             raise HfsegError(

@@ -81,7 +81,7 @@ class PhotometricDistortion(v2.ColorJitter):
     images is `adjust_hue`, the costliest step made about 3x faster."""
 
     def transform(self, inpt, params):
-        if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] not in (1, 3):  # N bands: no colour to jitter
+        if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] != 3:  # gray or N bands: no colour to jitter
             return tv_tensors.wrap(adjust_bands(inpt.as_subclass(torch.Tensor), params), like=inpt)
         if not isinstance(inpt, tv_tensors.Image) or inpt.dtype != torch.uint8 or params["hue_factor"] is None:
             return super().transform(inpt, params)
