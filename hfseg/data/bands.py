@@ -44,7 +44,8 @@ def read_bands(image, num_channels: int | None = None, name: str = "image") -> t
     else:
         array = band_array(image)
         name = _name_of(image, name)
-        bands = torch.from_numpy(np.ascontiguousarray(_supported_type(array, name).transpose(2, 0, 1)))
+        channels_first = _supported_type(array, name).transpose(2, 0, 1)
+        bands = torch.from_numpy(np.require(channels_first, requirements=("C", "W")))  # PIL's arrays are read-only
     if num_channels is not None and bands.shape[0] != num_channels:
         raise HfsegError(
             f"{name} has {bands.shape[0]} band(s) but the model reads --num_channels {num_channels}; give images "
