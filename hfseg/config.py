@@ -68,10 +68,23 @@ class ModelArguments:
     num_channels: int | None = field(
         default=None,
         metadata={
-            "help": "Image channels the model reads (default: the checkpoint's, 3 for RGB). A pretrained RGB "
-            "encoder's first convolution is adapted as timm does: summed for 1, repeated and scaled by 3/N for N. "
-            "The data pipeline reads RGB images only so far, so `hfseg finetune` accepts 3."
+            "help": "Image bands the model reads (default: the checkpoint's, 3 for RGB). Other than 3, images are "
+            "read with their own bands and bit depth (1 = grayscale, N-band TIFFs; 8/16-bit or float). A "
+            "pretrained RGB encoder's first convolution is adapted as timm does: summed for 1, repeated and scaled "
+            "by 3/N for N."
         },
+    )
+    image_mean: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-band normalisation mean, one value per --num_channels band, in [0, 1] units: the image "
+            "divided by its type's maximum (255 for 8-bit, 65535 for 16-bit; float images as stored). Default: the "
+            "checkpoint's (ImageNet RGB; their average for 1 band). `hfseg doctor --stats` computes it."
+        },
+    )
+    image_std: list[float] | None = field(
+        default=None,
+        metadata={"help": "Per-band normalisation std, in the units of --image_mean; `hfseg doctor --stats`."},
     )
     # --- training ---
     backbone_name_or_path: str | None = field(

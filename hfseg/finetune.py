@@ -22,7 +22,7 @@ from hfseg.data.adapters import build_label_spec, load_source
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.determinism import seed_samples
 from hfseg.data.doctor import check_source
-from hfseg.data.preprocess import SKIPPED_FILE, attach_transform, encode_pair, report_skipped
+from hfseg.data.preprocess import SKIPPED_FILE, attach_transform, encode_pair, report_skipped, rows_for
 from hfseg.data.transforms import TrainTransform
 from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
@@ -64,12 +64,6 @@ logger = logging.getLogger("hfseg")
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if model_args.num_channels not in (None, 3):
-        raise HfsegError(
-            f"--num_channels {model_args.num_channels}: hfseg's data pipeline reads images as RGB only so far, so "
-            "a model must read 3 channels to be fine-tuned; leave --num_channels unset (grayscale images are read "
-            "as RGB)"
-        )
     # Checks that need nothing on disk come before the lock, which creates the output dir.
     require_hub_sources(hub_sources(model_args, data_args), model_args.revision)  # every one that cannot load
     prepare_hub_push(training_args)  # the token stays out of saved files; no token or no Hub fails now
@@ -107,10 +101,13 @@ def run(model_args, data_args, training_args) -> dict:
     columns = (source.image_column, source.label_column)
     # A pair that breaks past the check is named (split, row, file), or with --skip_bad_samples listed and replaced.
     skipped_file = Path(training_args.output_dir) / SKIPPED_FILE if data_args.skip_bad_samples else None
-    train_dataset = attach_transform(source.dataset["train"], *columns, spec, train_transform, "train", skipped_file)
+    bands = model_args.num_channels  # other than 3: images read with their own bands and bit depth
+    train_dataset = attach_transform(
+        source.dataset["train"], *columns, spec, train_transform, "train", skipped_file, bands
+    )
     train_dataset = seed_samples(train_dataset, training_args.seed)  # same augmentations after a resume
     eval_dataset = attach_transform(
-        source.dataset["validation"], *columns, spec, eval_transform, "validation", skipped_file
+        source.dataset["validation"], *columns, spec, eval_transform, "validation", skipped_file, bands
     )
 
     # Model -> trainer.
@@ -197,9 +194,12 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
     output_dir = Path(output_dir)
     config_path = save_resolved_config(output_dir, *arguments)
     preview_rows = []
-    validation = source.dataset["validation"]
+    num_channels = arguments[0].num_channels
+    validation = rows_for(source.dataset["validation"], (source.image_column, source.label_column), num_channels)
     for index, row in enumerate(itertools.islice(validation, num_preview)):  # streamed sources have no len()
-        image, truth = encode_pair(row[source.image_column], row[source.label_column], spec, f"validation row {index}")
+        image, truth = encode_pair(
+            row[source.image_column], row[source.label_column], spec, f"validation row {index}", num_channels
+        )
         preview_rows.append((image, truth))
     if preview_rows:
         images = [image for image, _ in preview_rows]

@@ -214,3 +214,40 @@ def host_reads():
             return super().__torch_function__(func, types, args, kwargs or {})
 
     return Counting
+
+
+MULTIBAND_ID2LABEL = {"0": "water", "1": "field", "2": "forest"}
+
+
+def write_multiband_folder(root, train: int = 4, validation: int = 2, size: int = 64, bands: int = 4) -> Path:
+    """A `folder` layout of 16-bit, `bands`-band TIFF images (`images/{train,val}/NNN.tif`, pixel-interleaved)
+    with 8-bit PNG masks of 3 classes (`masks/{train,val}/NNN.png`) and `id2label.json`; values span 0..4095
+    (a 12-bit sensor), a different range per band, and each class is brighter in one band."""
+    import json
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", validation)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for index in range(count):
+            mask = np.zeros((size, size), dtype=np.uint8)
+            mask[:, size // 3 :] = 1
+            mask[size // 2 :, : size // 2] = 2
+            mask = np.roll(mask, index * 5, axis=1)
+            image = rng.integers(0, 1000, (size, size, bands)) + 400 * np.arange(bands)
+            for label in range(3):
+                image[..., label % bands][mask == label] += 1500
+            tifffile.imwrite(
+                root / "images" / split / f"{index:03d}.tif",
+                np.clip(image, 0, 4095).astype(np.uint16),
+                photometric="minisblack",
+                planarconfig="contig",
+            )
+            Image.fromarray(mask).save(root / "masks" / split / f"{index:03d}.png")
+    (root / "id2label.json").write_text(json.dumps(MULTIBAND_ID2LABEL))
+    return root

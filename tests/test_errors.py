@@ -331,7 +331,11 @@ def test_doctor_plot_into_a_bad_path_fails_before_the_scan(capsys, tmp_path, rea
         assert expected in captured.err and captured.out == ""  # no report: the scan never ran
 
 
-def test_num_channels_other_than_rgb_is_refused_before_anything_loads(capsys, tmp_path):
-    message = run_main(capsys, [*tiny_run_args(tmp_path / "out"), "--num_channels", "1"])
-    assert "--num_channels 1: hfseg's data pipeline reads images as RGB only so far" in message
-    assert not (tmp_path / "out").exists()
+def test_num_channels_without_one_mean_per_band_is_refused_with_the_fix(capsys, tmp_path):
+    message = run_main(capsys, [*tiny_run_args(tmp_path / "out"), "--num_channels", "4"])
+    expected = "--num_channels 4: image_mean has 3 values [0.485, 0.456, 0.406]; give --image_mean with 4 values"
+    assert expected in message
+    assert "`hfseg doctor --stats`" in message
+    flags = ["--num_channels", "2", "--image_mean", "0.1", "0.2", "--image_std", "0.3"]
+    message = run_main(capsys, [*tiny_run_args(tmp_path / "out2"), *flags])
+    assert "--num_channels 2: image_std has 1 values [0.3]; give --image_std with 2 values" in message

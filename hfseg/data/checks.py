@@ -14,7 +14,9 @@ from PIL import ExifTags, ImageOps, UnidentifiedImageError
 from PIL import Image as PILImage
 
 from hfseg.data.adapters.base import Problem
+from hfseg.data.bands import band_array, is_tiff
 from hfseg.data.labels import LabelSpec, MaskError, check_same_size, decode_mask, exif_orientation, load_rgb
+from hfseg.errors import HfsegError
 
 READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError)
 FIX_CORRUPT = "re-export or re-download the file, or remove the pair (--skip_bad_samples skips it)"
@@ -59,6 +61,26 @@ def open_value(value, fallback: str, transpose: bool = True) -> tuple[PILImage.I
     return image, name
 
 
+def is_tiff_value(value) -> bool:
+    """Whether a row's image value (PIL image, path, or {path, bytes}) holds a TIFF file."""
+    if isinstance(value, PILImage.Image):
+        return value.format == "TIFF"
+    path, data = (value, None) if isinstance(value, str) else (value.get("path"), value.get("bytes"))
+    if data is None:
+        if not path or not Path(path).is_file():
+            return False  # missing files are reported by the PIL read
+        with open(path, "rb") as file:
+            data = file.read(4)
+    return is_tiff(data)
+
+
+def describe_value(value, fallback: str) -> str:
+    """The file a row's image value was read from, else `fallback`."""
+    if isinstance(value, PILImage.Image):
+        return getattr(value, "filename", "") or fallback
+    return (value if isinstance(value, str) else value.get("path")) or fallback
+
+
 def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
     """Decode one pair the way training does and collect what is wrong with it.
 
@@ -69,19 +91,26 @@ def inspect_pair(image_value, mask_value, spec: LabelSpec | None, row: str):
     loaded = {}
     for role, value in (("image", image_value), ("mask", mask_value)):
         try:
+            if role == "image" and is_tiff_value(value):  # multi-band and 16-bit TIFFs: PIL reads one page or none
+                loaded[role] = band_array(value), describe_value(value, f"{row} ({role})")
+                continue
             loaded[role] = open_value(value, f"{row} ({role})", transpose=role == "mask")
-        except READ_ERRORS as error:
+        except (*READ_ERRORS, HfsegError) as error:  # HfsegError: a TIFF that holds no single image of bands
             name = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
             problems.append(read_problem(error, name or f"{row} ({role})"))
     if problems:
         return None, None, None, problems
     (image, image_name), (mask, mask_name) = loaded["image"], loaded["mask"]
-    try:
-        orientation = exif_orientation(image)
-        rgb = load_rgb(image)
-    except READ_ERRORS as error:
-        return None, None, None, [Problem("corrupt", image_name, f"cannot be converted to RGB ({error})", FIX_CORRUPT)]
-    size = (rgb.width, rgb.height)
+    if isinstance(image, np.ndarray):  # (H, W, C) bands of a TIFF
+        orientation, size = None, (image.shape[1], image.shape[0])
+    else:
+        try:
+            orientation = exif_orientation(image)
+            rgb = load_rgb(image)
+        except READ_ERRORS as error:
+            problem = Problem("corrupt", image_name, f"cannot be converted to RGB ({error})", FIX_CORRUPT)
+            return None, None, None, [problem]
+        size = (rgb.width, rgb.height)
     try:
         raw = spec.decode(mask, mask_name) if spec is not None else decode_mask(mask, mask_name)
     except MaskError as error:

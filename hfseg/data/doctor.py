@@ -1,11 +1,11 @@
 """`hfseg doctor`: scan a data source and report what training would trip on, before it does.
 
-hfseg doctor --data_dir DIR --layout NAME [--plot class_pixels.png] | --dataset_name ID
+hfseg doctor --data_dir DIR --layout NAME [--plot class_pixels.png] [--stats] | --dataset_name ID
 
 Prints pairs per split, the image size range, pixels per class, and every problem (unreadable files,
 image/mask size mismatches, label values outside id2label, colour-coded masks, unpaired files), each with
 the file, what was found and the fix; exits 1 when there are problems. Training runs the same check
-(`check_source`) before its first step.
+(`check_source`) before its first step. `--stats` adds the train split's per-band image mean/std as recipe lines.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from hfseg.data.adapters import Problem, SourceData, build_label_spec, open_source
 from hfseg.data.adapters.base import undecoded
+from hfseg.data.bands import band_statistics, recipe_lines
 from hfseg.data.checks import inspect_pair
 from hfseg.data.labels import LabelSpec
 from hfseg.errors import HfsegError, require_writable_dir, strip_debug, user_errors_exit
@@ -254,6 +255,21 @@ def plot_class_pixels(report: ScanReport, spec: LabelSpec, path: str | Path) -> 
     return path
 
 
+def format_band_statistics(source: SourceData, split: str, progress: bool = True) -> str:
+    """Per-band mean/std of the images of `split` (streamed, one image at a time) as recipe lines."""
+    if split not in source.dataset:
+        raise HfsegError(f"--stats: no split '{split}' (splits: {list(source.dataset)}); set --train_split")
+    dataset = undecoded(source.dataset[split], (source.image_column,))
+    total = len(dataset) if isinstance(dataset, Dataset) else None
+    images = (row[source.image_column] for row in dataset)
+    mean, std = band_statistics(images, total, progress)
+    return (
+        f"\nper-band image statistics of the {split} split ({total or 'all'} images; [0, 1] units: 8-bit / 255, "
+        f"16-bit / 65535, float as stored), for a recipe or as --image_mean/--image_std/--num_channels:\n"
+        + recipe_lines(mean, std)
+    )
+
+
 def check_source(source: SourceData, spec: LabelSpec, data_args) -> None:
     """The check training runs before its first step: stop on problems, or drop the broken pairs when
     `--skip_bad_samples` is set (and say how many and which)."""
@@ -302,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max_samples", type=int, default=-1, help="Pairs per split to decode (-1 = all).")
     parser.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="Also compute per-band image mean/std over the train split (any bit depth, in [0, 1] units: 8-bit / "
+        "255, 16-bit / 65535, float as stored) and print them as recipe lines (image_mean, image_std, num_channels).",
+    )
     if any(arg in ("-h", "--help") for arg in argv):
         parser.print_help()
         print("\nand the data flags of `hfseg finetune` (--dataset_name, --data_dir, --layout, --label_map, ...)")
@@ -320,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_report(report, spec, title))
     if own.plot and spec is not None:
         print(f"class-pixel chart: {plot_class_pixels(report, spec, own.plot)}")
+    if own.stats:
+        print(format_band_statistics(source, data_args.train_split, progress=not own.no_progress))
     sys.exit(1 if report.problems else 0)
 
 

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from hfseg.data.adapters.base import undecoded
+from hfseg.data.bands import read_bands
 from hfseg.data.checks import inspect_pair
 from hfseg.data.labels import LabelSpec, check_same_size, exif_orientation, load_rgb
 from hfseg.errors import HfsegError
@@ -85,8 +86,11 @@ def _decode_with_torchvision(data: bytes) -> torch.Tensor | None:
     return tensor if tensor.dtype == torch.uint8 else None  # 16-bit PNGs: PIL's 8-bit conversion, as before
 
 
-def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
-    """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked."""
+def encode_pair(image, mask, spec: LabelSpec, source: str = "sample", num_channels: int | None = None):
+    """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked; with `num_channels` other
+    than 3, the image as its (C, H, W) bands (`read_bands`)."""
+    if is_band_input(num_channels):
+        return decode_pair(image, mask, spec, source, num_channels)
     name = describe(mask, source)
     orientation = exif_orientation(image)  # datasets has applied it already; a PIL image opened by path has not
     rgb = load_rgb(image)
@@ -95,14 +99,34 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample"):
     return rgb, labels
 
 
-def decode_pair(image, mask, spec: LabelSpec, source: str = "sample") -> tuple[torch.Tensor, np.ndarray]:
+def decode_pair(
+    image, mask, spec: LabelSpec, source: str = "sample", num_channels: int | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
     """A row's image + mask (PIL, or undecoded {'bytes', 'path'}) -> ((3, H, W) uint8 RGB tensor, (H, W) int64
-    labels), sizes checked. Masks are read by PIL and decoded by the `LabelSpec` (palettes, 16-bit)."""
+    labels), sizes checked. Masks are read by PIL and decoded by the `LabelSpec` (palettes, 16-bit).
+
+    With `num_channels` other than 3 the image is read with its own bands and type: (C, H, W) uint8, uint16 or
+    float32 (`hfseg.data.bands.read_bands`).
+    """
     name = describe(mask, source)
-    pixels = decode_rgb(image)
+    if is_band_input(num_channels):
+        pixels = read_bands(image, num_channels, describe(image, source))
+    else:
+        pixels = decode_rgb(image)
     labels = spec.labels_of(open_image(mask), name)
     check_same_size(labels.shape, (pixels.shape[-1], pixels.shape[-2]), name, describe(image, source))
     return pixels, labels
+
+
+def is_band_input(num_channels: int | None) -> bool:
+    """Whether images are read by band (`read_bands`) rather than as 8-bit RGB (the default, `decode_rgb`)."""
+    return num_channels is not None and num_channels != 3
+
+
+def rows_for(dataset, columns: tuple[str, str], num_channels: int | None):
+    """Rows to `encode_pair` one by one: as they are for RGB; with their image files undecoded for band input,
+    which PIL (datasets' decoder) cannot read whole (multi-band, 16-bit TIFFs)."""
+    return undecoded(dataset, columns) if is_band_input(num_channels) else dataset
 
 
 def open_image(image) -> Image.Image:
@@ -119,16 +143,17 @@ def open_image(image) -> Image.Image:
 class RowTransform:
     """Batch-of-rows -> {'pixel_values': [...], 'labels': [...]} for `Dataset.with_transform`."""
 
-    def __init__(self, image_column: str, label_column: str, spec: LabelSpec, transform: Callable):
+    def __init__(self, image_column: str, label_column: str, spec: LabelSpec, transform: Callable, num_channels=None):
         self.image_column = image_column
         self.label_column = label_column
         self.spec = spec
         self.transform = transform
+        self.num_channels = num_channels
 
     def __call__(self, batch: dict) -> dict:
         pixel_values, labels = [], []
         for index, (image, mask) in enumerate(zip(batch[self.image_column], batch[self.label_column], strict=True)):
-            pixels, label = decode_pair(image, mask, self.spec, source=f"row {index} of the batch")
+            pixels, label = decode_pair(image, mask, self.spec, f"row {index} of the batch", self.num_channels)
             pixel, label = self.transform(pixels, label)
             pixel_values.append(pixel)
             labels.append(label)
@@ -143,14 +168,15 @@ def attach_transform(
     transform,
     split: str | None = None,
     skipped_file: str | Path | None = None,
+    num_channels: int | None = None,
 ) -> Dataset:
     """The dataset, decoding and transforming lazily on access (a streamed one as it is iterated).
 
     With `split`, a map-style dataset becomes `CheckedPairs` and a streamed one checks its rows as they come: a
     pair that fails is named by file, split and row (`skipped_file`: listed there and replaced, or left out of the
-    stream, instead).
+    stream, instead). `num_channels` other than 3 reads images by band (`decode_pair`).
     """
-    row_transform = RowTransform(image_column, label_column, spec, transform)
+    row_transform = RowTransform(image_column, label_column, spec, transform, num_channels)
     dataset = undecoded(dataset, (image_column, label_column))
     if isinstance(dataset, IterableDataset):
         return StreamedPairs(dataset, row_transform, split, skipped_file)

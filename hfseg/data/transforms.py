@@ -14,6 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from hfseg.data.bands import TYPE_MAX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -80,44 +82,51 @@ class PhotometricDistortion:
     (the same float arithmetic, truncated to whole levels after each step), without a uint8 round trip per step.
     The hue step is `rotate_hue`, equal to torchvision's HSV round trip within 1 level on < 0.1% of pixels.
 
-    `(C, H, W)` float32 with whole values in [0, 255] -> the same, changed in place where possible. One channel:
-    brightness and contrast only, as torchvision does for grayscale.
+    `(C, H, W)` float32 holding an image's values -> the same, changed in place where possible. `bound` is the
+    maximum of the image's own type (255 for uint8, 65535 for uint16): values are clamped to it and truncated to
+    whole levels after each step; None (a float image) does neither. Not 3 channels (gray, N bands): brightness
+    and contrast over all bands, as torchvision does for grayscale; saturation and hue need RGB.
     """
 
     def __init__(self, brightness=None, contrast=None, saturation=None, hue=None):
         self.jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, bound: float | None = 255.0) -> torch.Tensor:
         params = self.jitter.make_params([pixels])
         color = pixels.shape[0] == 3
         for fn_id in params["fn_idx"].tolist():
             if fn_id == 0 and params["brightness_factor"] is not None:
-                pixels = _blend_levels(pixels, 0.0, params["brightness_factor"])
+                pixels = _blend_levels(pixels, 0.0, params["brightness_factor"], bound)
             elif fn_id == 1 and params["contrast_factor"] is not None:
-                mean = (_grayscale_levels(pixels) if color else pixels).mean()
-                pixels = _blend_levels(pixels, mean, params["contrast_factor"])
+                mean = (_grayscale_levels(pixels, bound) if color else pixels).mean()
+                pixels = _blend_levels(pixels, mean, params["contrast_factor"], bound)
             elif fn_id == 2 and params["saturation_factor"] is not None and color:
-                pixels = _blend_levels(pixels, _grayscale_levels(pixels), params["saturation_factor"])
+                pixels = _blend_levels(pixels, _grayscale_levels(pixels, bound), params["saturation_factor"], bound)
             elif fn_id == 3 and params["hue_factor"] is not None and color:
-                pixels = rotate_hue(pixels, params["hue_factor"]).mul_((256.0 - 1e-3) / 255.0).floor_()
+                pixels = rotate_hue(pixels, params["hue_factor"])
+                if bound is not None:  # torchvision's float -> integer conversion
+                    pixels = pixels.mul_((bound + 1.0 - 1e-3) / bound).floor_()
         return pixels
 
 
-def _grayscale_levels(pixels: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) levels -> (1, H, W) luma, truncated to whole levels as torchvision does for uint8 images."""
+def _grayscale_levels(pixels: torch.Tensor, bound: float | None) -> torch.Tensor:
+    """(3, H, W) values -> (1, H, W) luma, truncated to whole levels (as torchvision does for integer images)
+    unless `bound` is None."""
     red, green, blue = pixels.unbind(0)
-    return red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114).floor_().unsqueeze(0)
+    luma = red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114)
+    return (luma if bound is None else luma.floor_()).unsqueeze(0)
 
 
-def _blend_levels(pixels: torch.Tensor, other, ratio: float) -> torch.Tensor:
-    """torchvision's `_blend` on a uint8 image: `pixels * ratio + other * (1 - ratio)`, clamped, truncated."""
+def _blend_levels(pixels: torch.Tensor, other, ratio: float, bound: float | None) -> torch.Tensor:
+    """torchvision's `_blend`: `pixels * ratio + other * (1 - ratio)`, for an integer image clamped to [0, bound]
+    and truncated."""
     ratio = float(ratio)
     blended = pixels.mul_(ratio)
     if isinstance(other, torch.Tensor):
         blended = blended.add_(other, alpha=1.0 - ratio)
     elif other:
         blended = blended.add_(other * (1.0 - ratio))
-    return blended.clamp_(0, 255).floor_()
+    return blended if bound is None else blended.clamp_(0, bound).floor_()
 
 
 def adjust_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
@@ -151,11 +160,13 @@ def rotate_hue(pixels: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return out
 
 
-def normalize_levels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Float levels in [0, 255] -> `(pixels / 255 - mean) / std` per channel, in place: `ToDtype(scale=True)` then
-    `Normalize` in one pass."""
-    scale = torch.tensor(std, dtype=pixels.dtype).mul_(255.0).view(-1, 1, 1)
-    shift = torch.tensor(mean, dtype=pixels.dtype).mul_(255.0).view(-1, 1, 1)
+def normalize_levels(
+    pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], bound: float | None = 255.0
+) -> torch.Tensor:
+    """Float values in [0, bound] -> `(pixels / bound - mean) / std` per channel, in place: `ToDtype(scale=True)`
+    then `Normalize` in one pass (`bound` None: a float image, already in its own units)."""
+    scale = torch.tensor(std, dtype=pixels.dtype).mul_(bound or 1.0).view(-1, 1, 1)
+    shift = torch.tensor(mean, dtype=pixels.dtype).mul_(bound or 1.0).view(-1, 1, 1)
     return pixels.sub_(shift).div_(scale)
 
 
@@ -185,16 +196,18 @@ class TrainTransform:
 
     def __call__(self, image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB image ((3, H, W) uint8 tensor or PIL) + (H, W) int labels -> pixel_values (3, crop, crop) float,
-        labels (crop, crop) int64. The image stays uint8 through scale, crop and flip; the photometric distortion
-        and the normalisation work on one float copy."""
+        labels (crop, crop) int64. The image stays in its own type (uint8; or, as `read_bands` gives (C, H, W)
+        bands, uint16 or float32) through scale, crop and flip; the photometric distortion and the normalisation
+        (scaled to [0, 1] by the type's maximum) work on one float copy."""
         image, mask = to_tv_tensors(image, mask, self.crop.ignore_index)
         image, mask = self.scale(image, mask)
         image, mask = self.crop(image, mask)
         image, mask = self.flip(image, mask)
+        bound = TYPE_MAX.get(image.dtype)
         pixels = image.as_subclass(torch.Tensor).float()
         if self.photometric is not None:
-            pixels = self.photometric(pixels)
-        return normalize_levels(pixels, self.mean, self.std), mask.as_subclass(torch.Tensor)[0].long()
+            pixels = self.photometric(pixels, bound)
+        return normalize_levels(pixels, self.mean, self.std, bound), mask.as_subclass(torch.Tensor)[0].long()
 
 
 class EvalTransform:
@@ -210,7 +223,8 @@ class EvalTransform:
         self.image_transform = v2.Compose(steps)
 
     def __call__(self, image, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """RGB image ((3, H, W) uint8 tensor or PIL) + (H, W) labels or None -> (pixel_values, int64 labels)."""
+        """RGB image ((3, H, W) uint8 tensor or PIL), or (C, H, W) bands of any type, + (H, W) labels or None ->
+        (pixel_values (C, h, w) float, int64 labels)."""
         pixel_values = self.image_transform(image_tensor(image)).as_subclass(torch.Tensor)
         labels = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
         return pixel_values, labels
@@ -229,5 +243,5 @@ def to_tv_tensors(image, mask: np.ndarray, ignore_index: int = 255) -> tuple[tv_
 
 
 def image_tensor(image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor as it is; a PIL image as one."""
+    """A (C, H, W) tensor as it is; a PIL image as (3, H, W) uint8 (or as its own bands)."""
     return image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)

@@ -25,7 +25,7 @@ from hfseg.data.adapters import label_spec_for_model, open_source, with_saved_ig
 from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, row_files, split_train_validation
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.labels import LabelSpec
-from hfseg.data.preprocess import attach_transform, encode_pair
+from hfseg.data.preprocess import attach_transform, encode_pair, rows_for
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics, format_per_class_table
@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     options = InferenceOptions.from_arguments(training_args).with_input_size(processor_input_size(processor))
     eval_transform = eval_transform_for(processor, options)
     split = evaluate_args.split or "validation"  # a pair that cannot be read is named by file, split and row
-    dataset = attach_transform(rows, source.image_column, source.label_column, spec, eval_transform, split)
+    num_channels = getattr(model.config, "num_channels", None)  # other than 3: images read by band
+    dataset = attach_transform(
+        rows, source.image_column, source.label_column, spec, eval_transform, split, num_channels=num_channels
+    )
 
     # SegTrainer.evaluate: streamed confusion matrices, exact across processes.
     metric = TrainerSegmentationMetrics(
@@ -185,8 +188,11 @@ def save_worst_images(model, rows, source, spec, transform, options, per_sample_
     worst = [(index, iou) for iou, index in scored[:count]]
     if not worst:
         return []
+    num_channels = getattr(model.config, "num_channels", None)
+    columns = (source.image_column, source.label_column)
+    readable = rows_for(rows, columns, num_channels)
     pairs = [
-        encode_pair(rows[index][source.image_column], rows[index][source.label_column], spec, f"row {index}")
+        encode_pair(readable[index][columns[0]], readable[index][columns[1]], spec, f"row {index}", num_channels)
         for index, _ in worst
     ]
     files = row_files(rows, [index for index, _ in worst], (source.image_column, source.label_column))

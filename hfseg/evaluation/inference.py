@@ -235,7 +235,7 @@ def iter_logits_at_sizes(
 def predict_masks(
     model, images, transform, batch_size: int = 8, options: InferenceOptions | None = None
 ) -> list[torch.Tensor]:
-    """PIL images of any size -> (H_i, W_i) class-id maps at each image's original size.
+    """Images of any size (PIL, or (C, H, W) bands) -> (H_i, W_i) class-id maps at each image's original size.
 
     Args:
         transform: maps (PIL image, None) -> (pixel_values (3, h, w), None), e.g. `eval_transform_for(...)`.
@@ -251,9 +251,12 @@ def predict_masks(
 
 @torch.no_grad()
 def predict_logits(model, images, transform, options: InferenceOptions | None = None) -> Iterator[torch.Tensor]:
-    """One batch of PIL images -> (C, H_i, W_i) logits at the images' original sizes, one image at a time."""
+    """One batch of images (PIL, or (C, H, W) bands) -> (C, H_i, W_i) logits at the images' original sizes, one
+    image at a time."""
     parameter = next(model.parameters())
     pixel_values, pixel_sizes = pad_pixel_values([transform(image, None)[0] for image in images])
-    sizes = [(image.height, image.width) for image in images]
+    sizes = [
+        tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else (image.height, image.width) for image in images
+    ]
     pixel_values = pixel_values.to(parameter.device, dtype=parameter.dtype)
     yield from iter_logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes)

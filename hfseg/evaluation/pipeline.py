@@ -8,7 +8,9 @@
     segments = segmenter("image.png", scales=[0.75, 1.0, 1.25])  # options per call override the defaults
 
 Returns what `ImageSegmentationPipeline` returns for semantic segmentation: one {"label", "mask", "score": None}
-per class present. Plain `pipeline("image-segmentation", model=...)` keeps working on the same saved models.
+per class present. Plain `pipeline("image-segmentation", model=...)` keeps working on the same saved RGB models; a
+model of `num_channels` other than 3 takes a file path, a (H, W, C) array or a (C, H, W) tensor here, read with its
+own bands and type and normalised with the saved processor's per-band mean/std.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from PIL import Image
 from transformers import ImageSegmentationPipeline, pipeline
 from transformers.image_utils import load_image
 
+from hfseg.data.bands import read_bands
 from hfseg.data.labels import load_rgb
+from hfseg.data.preprocess import is_band_input
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, logits_at_sizes
 from hfseg.models.build import processor_input_size
 
@@ -44,9 +48,15 @@ class SegmentationPipeline(ImageSegmentationPipeline):
 
     def preprocess(self, image, subtask=None, timeout=None, **options):
         transform = eval_transform_for(self.image_processor, self._inference_options(options))
-        image = load_rgb(load_image(image, timeout=timeout))
+        num_channels = getattr(self.model.config, "num_channels", None)
+        if is_band_input(num_channels):  # a file path, a (H, W, C) array or a (C, H, W) tensor, read by band
+            image = read_bands(image, num_channels)
+            target_size = tuple(image.shape[-2:])
+        else:
+            image = load_rgb(load_image(image, timeout=timeout))
+            target_size = (image.height, image.width)
         pixel_values = transform(image, None)[0][None]
-        return {"pixel_values": pixel_values.to(self.dtype), "target_size": (image.height, image.width)}
+        return {"pixel_values": pixel_values.to(self.dtype), "target_size": target_size}
 
     def _forward(self, model_inputs, **options):
         sizes = [model_inputs["target_size"]]

@@ -23,8 +23,10 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from hfseg.config import SegArgumentParser, SegTrainingArguments
+from hfseg.data.bands import read_bands
 from hfseg.data.checks import read_problem
 from hfseg.data.labels import LabelSpec, load_rgb
+from hfseg.data.preprocess import is_band_input
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_logits
 from hfseg.evaluation.visualize import make_palette, overlay
@@ -155,8 +157,16 @@ def check_inputs_kept(images: list[Path], names: list[Path], output_dir: Path, o
                 )
 
 
-def read_image(path: Path) -> Image.Image:
-    """Any image file -> RGB (EXIF orientation applied; 16-bit/float grayscale scaled to 8 bits; first frame)."""
+def read_image(path: Path, num_channels: int | None = None):
+    """Any image file -> RGB (EXIF orientation applied; 16-bit/float grayscale scaled to 8 bits; first frame);
+    for a model of `num_channels` other than 3, its (C, H, W) bands in their own type (`read_bands`)."""
+    if is_band_input(num_channels):
+        try:
+            return read_bands(path, num_channels)
+        except PermissionError as error:
+            raise HfsegError(str(read_problem(error, str(path)))) from None
+        except (UnidentifiedImageError, OSError, ValueError) as error:  # tifffile's errors are ValueErrors
+            raise HfsegError(f"{path}: cannot read the image ({error})") from None
     try:
         image = Image.open(path)
         image.load()
@@ -249,6 +259,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     options = options.with_input_size(processor_input_size(processor))
     transform = eval_transform_for(processor, options)
     palette = model_palette(model.config)
+    num_channels = getattr(model.config, "num_channels", None)  # other than 3: images read with their own bands
     raw_values = original_values(model.config, predict_args.model) if predict_args.label_values == "original" else None
 
     input_path, output_dir = Path(predict_args.input), Path(predict_args.output)
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             strict=True,
         ):
             try:
-                batch.append((read_image(path), name))
+                batch.append((read_image(path, num_channels), name))
             except HfsegError as error:
                 failed.append(str(error))
         if batch:

@@ -32,9 +32,18 @@ def colourise(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) ->
     return colours
 
 
-def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Blend the colourised mask over the image (ignored pixels keep the image)."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+def picture(image) -> Image.Image:
+    """A PIL image as it is; (C, H, W) bands (`hfseg.data.bands.read_bands`) as an 8-bit RGB preview."""
+    if isinstance(image, Image.Image):
+        return image
+    from hfseg.data.bands import preview_rgb
+
+    return preview_rgb(image)
+
+
+def overlay(image, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend the colourised mask over the image (PIL, or (C, H, W) bands; ignored pixels keep the image)."""
+    base = np.asarray(picture(image).convert("RGB"), dtype=np.float32)
     colours = colourise(mask, palette).astype(np.float32)
     valid = ((np.asarray(mask) >= 0) & (np.asarray(mask) < len(palette)))[..., None]
     blended = np.where(valid, (1 - alpha) * base + alpha * colours, base)
@@ -44,9 +53,9 @@ def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, alpha: fl
 def save_prediction_grid(
     rows, id2label: dict[int, str], path: str | Path, title: str | None = None, row_titles: list[str] | None = None
 ) -> Path:
-    """Rows of (image, truth (H, W), prediction (H, W)) -> PNG grid: image | truth | prediction, masks in
-    solid class colours (ignored pixels black) with a legend of the classes that appear; `row_titles`
-    (one per row) label each row's image panel."""
+    """Rows of (image (PIL or (C, H, W) bands), truth (H, W), prediction (H, W)) -> PNG grid: image | truth |
+    prediction, masks in solid class colours (ignored pixels black) with a legend of the classes that appear;
+    `row_titles` (one per row) label each row's image panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +69,7 @@ def save_prediction_grid(
     for row_index, (row, (image, truth, prediction)) in enumerate(zip(axes, rows, strict=True)):
         present |= {int(v) for v in np.unique(truth) if 0 <= v < len(palette)}
         present |= {int(v) for v in np.unique(prediction) if 0 <= v < len(palette)}
-        panels = (image, colourise(truth, palette), colourise(prediction, palette))
+        panels = (picture(image), colourise(truth, palette), colourise(prediction, palette))
         names = ("image" if row_titles is None else row_titles[row_index], "ground truth", "prediction")
         for axis, panel, name in zip(row, panels, names, strict=True):
             axis.imshow(panel)

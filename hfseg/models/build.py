@@ -223,7 +223,35 @@ def build_image_processor(model_args):
         processor.do_reduce_labels = False
     if getattr(processor, "do_center_crop", False):  # classification checkpoints crop; segmentation must not
         processor.do_center_crop = False
+    set_band_normalisation(processor, model_args)
     return processor
+
+
+def set_band_normalisation(processor, model_args) -> None:
+    """`--image_mean`/`--image_std` on the processor (saved with the model, so evaluate, predict and the pipeline
+    normalise as training did), one value per `--num_channels` band. One band from an RGB checkpoint takes the
+    average of its RGB values (timm's rule); other counts need the values given.
+
+    Raises:
+        HfsegError: a mean or std whose length is not the number of bands.
+    """
+    for name in ("image_mean", "image_std"):
+        values = getattr(model_args, name, None)
+        if values is not None:
+            setattr(processor, name, [float(value) for value in values])
+    num_channels = getattr(model_args, "num_channels", None)
+    if num_channels is None:
+        return
+    for name, values in zip(("image_mean", "image_std"), processor_mean_std(processor), strict=True):
+        if num_channels == 1 and len(values) == 3 and getattr(model_args, name, None) is None:
+            values = (sum(values) / 3,)
+            setattr(processor, name, list(values))
+        if len(values) != num_channels:
+            raise HfsegError(
+                f"--num_channels {num_channels}: {name} has {len(values)} values {list(values)}; give --{name} "
+                f"with {num_channels} values, one per band, in [0, 1] units (`hfseg doctor --stats` with the same "
+                "data flags computes them from the train split)"
+            )
 
 
 def processor_input_size(processor) -> int | None:

@@ -344,3 +344,24 @@ def test_reduce_labels_on_zero_based_masks_suggests_turning_it_off(tmp_path, cap
     problem = next(line for line in out.splitlines() if line.startswith("  [ignore_share] train split"))
     assert "62.5% of the pixels are ignore_index=255 (raw value(s) [0])" in problem
     assert "--reduce_labels false" in problem
+
+
+def test_doctor_stats_prints_numpy_mean_and_std_of_the_train_images(tmp_path, capsys):
+    import re
+
+    import tifffile
+    from conftest import write_multiband_folder
+
+    root = write_multiband_folder(tmp_path / "multiband")
+    flags = ["--data_dir", str(root), "--layout", "folder", "--id2label_file", str(root / "id2label.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--stats", "--no_progress"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    stacked = np.stack([tifffile.imread(path) for path in sorted((root / "images" / "train").glob("*.tif"))])
+    stacked = stacked.astype(np.float64) / 65535  # 16-bit images in [0, 1] units
+    mean = [float(v) for v in re.search(r"^image_mean: \[(.*)\]$", out, re.M).group(1).split(", ")]
+    std = [float(v) for v in re.search(r"^image_std: \[(.*)\]$", out, re.M).group(1).split(", ")]
+    np.testing.assert_allclose(mean, stacked.mean(axis=(0, 1, 2)), rtol=1e-5)  # printed with 6 digits
+    np.testing.assert_allclose(std, stacked.std(axis=(0, 1, 2)), rtol=1e-5)
+    assert re.search(r"^num_channels: 4$", out, re.M) and "of the train split (4 images" in out
