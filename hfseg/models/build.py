@@ -7,7 +7,12 @@ import logging
 from pathlib import Path
 
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+)
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
@@ -19,8 +24,23 @@ from hfseg.models.channels import adapt_model_input_channels
 logger = logging.getLogger(__name__)
 
 
+#: Models that predict N masks, each with class probabilities plus "no object", instead of per-pixel logits.
+MASK_CLASSIFICATION_MODEL_TYPES = frozenset({"mask2former", "maskformer", "oneformer", "eomt"})
+
+
 def supported_model_types() -> list[str]:
     return sorted(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
+
+
+def is_mask_classification(model_or_config) -> bool:
+    """Whether a model (or its config) is a mask-classification model: Mask2Former, MaskFormer, OneFormer, EoMT."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) in MASK_CLASSIFICATION_MODEL_TYPES
+
+
+def segmentation_model_class(config):
+    """The Auto class that loads `config`'s model: universal segmentation for mask classification, else semantic."""
+    return AutoModelForUniversalSegmentation if is_mask_classification(config) else AutoModelForSemanticSegmentation
 
 
 def _config_overrides(model_args) -> dict:
@@ -104,7 +124,7 @@ def segmentation_config(name: str, flag: str, kwargs: dict, fix: str):
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise HfsegError(f"{flag} {name}: cannot load a model config ({str(error).splitlines()[0]}); {fix}") from None
-    if type(config) not in AutoModelForSemanticSegmentation._model_mapping:
+    if type(config) not in AutoModelForSemanticSegmentation._model_mapping and not is_mask_classification(config):
         raise HfsegError(
             f"{name} is a '{config.model_type}' checkpoint, not a semantic-segmentation model; "
             f"{_unsupported_message(config.model_type)}"
@@ -239,7 +259,8 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
         check_saved_model(name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = segmentation_config(name, "--model", kwargs, fix="pass a saved model directory or a Hub id")
-    model = own_aligned_storage(AutoModelForSemanticSegmentation.from_pretrained(name, config=config, **kwargs))
+    model_class = segmentation_model_class(config)
+    model = own_aligned_storage(model_class.from_pretrained(name, config=config, **kwargs))
     try:
         processor = AutoImageProcessor.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
