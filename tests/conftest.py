@@ -185,11 +185,14 @@ def host_reads():
 
 
 def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: int = 5):
-    """A tiny random-init Mask2Former or MaskFormer (Swin backbone, 5 queries), built from configs; its class and
-    mask heads scaled up so that its class scores differ across pixels (at init they are near uniform)."""
+    """A tiny random-init Mask2Former or MaskFormer (Swin backbone) or EoMT (2-layer ViT), 5 queries, built from
+    configs; its class and mask heads scaled up so that its class scores differ across pixels (at init they are
+    near uniform)."""
     import torch
     from transformers import (
         DetrConfig,
+        EomtConfig,
+        EomtForUniversalSegmentation,
         Mask2FormerConfig,
         Mask2FormerForUniversalSegmentation,
         MaskFormerConfig,
@@ -204,6 +207,12 @@ def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: 
     labels = {"num_labels": num_labels, "id2label": {i: f"class_{i}" for i in range(num_labels)}}
     labels["label2id"] = {name: i for i, name in labels["id2label"].items()}
     torch.manual_seed(0)
+    if model_type == "eomt":
+        config = EomtConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=16, num_queries=5, num_blocks=1, num_upscale_blocks=2, **labels,
+        )  # fmt: skip
+        return _with_spread_heads(EomtForUniversalSegmentation(config), mask_scale=6.0)
     if model_type == "mask2former":
         config = Mask2FormerConfig(
             backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
@@ -228,7 +237,7 @@ def _with_spread_heads(model, mask_scale: float, class_scale: float = 30.0):
         for name, parameter in model.named_parameters():
             if name.endswith("weight") and "class_predictor" in name:
                 parameter.mul_(class_scale)
-            elif name.endswith("weight") and "mask_embedder" in name:  # each of its 3 layers
+            elif name.endswith("weight") and ("mask_embedder" in name or "mask_head" in name):  # each of its 3 layers
                 parameter.mul_(mask_scale)
     return model
 

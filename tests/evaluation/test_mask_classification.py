@@ -1,4 +1,4 @@
-"""Mask-classification models (Mask2Former, MaskFormer) evaluated like the other families: per-pixel class scores
+"""Mask-classification models (Mask2Former, MaskFormer, EoMT) evaluated like the other families: per-pixel class scores
 equal transformers' `post_process_semantic_segmentation`, slide and TTA act on those scores, saved runs load in
 both pipelines and in `hfseg evaluate` / `hfseg predict`."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_mask_classification_model
 from PIL import Image
-from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor, pipeline
+from transformers import EomtImageProcessor, Mask2FormerImageProcessor, MaskFormerImageProcessor, pipeline
 
 from hfseg.data.synthetic import SYNTHETIC_ID2LABEL, make_synthetic_dataset
 from hfseg.evaluation.inference import (
@@ -23,7 +23,12 @@ from hfseg.evaluation.inference import (
 from hfseg.evaluation.pipeline import segmentation_pipeline
 from hfseg.models.build import is_mask_classification, load_for_inference
 
-POST_PROCESSORS = {"mask2former": Mask2FormerImageProcessor, "maskformer": MaskFormerImageProcessor}
+POST_PROCESSORS = {
+    "mask2former": Mask2FormerImageProcessor(),
+    "maskformer": MaskFormerImageProcessor(),
+    # EoMT's post-processing upsamples the masks to the processor's size (the input size) before the sigmoid.
+    "eomt": EomtImageProcessor(size={"shortest_edge": 64, "longest_edge": None}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def models():
     ("model_type", "input_size", "batch_size"),
     # transformers' Mask2Former post-processing upsamples the masks to a fixed 384 x 384 (its input size) before the
     # sigmoid; hfseg upsamples them to the input size, so the two agree on 384-pixel inputs.
-    [("mask2former", 384, 1), ("maskformer", 64, 2)],
+    [("mask2former", 384, 1), ("maskformer", 64, 2), ("eomt", 64, 2)],
 )
 @torch.no_grad()
 def test_scores_and_map_equal_transformers_post_processing(models, model_type, input_size, batch_size):
@@ -45,7 +50,7 @@ def test_scores_and_map_equal_transformers_post_processing(models, model_type, i
     sizes = [(input_size + 13, int(input_size * 1.4)), (input_size // 2 + 3, input_size // 2 - 5)][:batch_size]
     ours = logits_at_sizes(model, pixel_values, sizes)
     outputs = model(pixel_values=pixel_values)
-    reference = POST_PROCESSORS[model_type]().post_process_semantic_segmentation(
+    reference = POST_PROCESSORS[model_type].post_process_semantic_segmentation(
         outputs, target_sizes=sizes, return_segmentation_scores=True
     )
     at_mask_size = mask_class_scores(outputs.class_queries_logits, outputs.masks_queries_logits)
