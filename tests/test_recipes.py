@@ -12,6 +12,16 @@ from hfseg.config import RECIPES_DIR, load_recipe, parse_args
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 TINY_MOBILENET_V2 = {"image_size": 64, "depth_multiplier": 0.25, "min_depth": 4, "output_stride": 16}
+TINY_MASK2FORMER = {
+    "backbone_config": {"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                        "window_size": 4, "image_size": 64, "out_features": ["stage1", "stage2", "stage3", "stage4"]},
+    "feature_size": 32, "mask_feature_size": 32, "hidden_dim": 32, "encoder_feedforward_dim": 32, "encoder_layers": 1,
+    "decoder_layers": 2, "num_attention_heads": 2, "dim_feedforward": 32, "num_queries": 5,
+}  # fmt: skip
+TINY_EOMT = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64,
+    "patch_size": 16, "num_queries": 5, "num_blocks": 1, "num_upscale_blocks": 2,
+}  # fmt: skip
 
 
 def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
@@ -19,7 +29,11 @@ def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
     if recipe.get("model_type") == "upernet":
         backbone = json.loads(recipe["config_overrides"])["backbone_config"]["model_type"]
         return "upernet", TINY_UPERNET_SWIN if backbone == "swin" else TINY_UPERNET
+    if recipe.get("model_type") == "mask2former":
+        return "mask2former", TINY_MASK2FORMER
     name = recipe.get("model_name_or_path") or recipe.get("model_type")
+    if "eomt" in name:
+        return "eomt", TINY_EOMT
     if "mobilenet_v2" in name:
         return "mobilenet_v2", TINY_MOBILENET_V2
     assert "mit-b" in name or name == "segformer", f"no tiny stand-in for {name}"
