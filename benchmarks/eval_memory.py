@@ -15,7 +15,7 @@ the larger of the two is a measured lower bound of the memory that run needs, an
     python benchmarks/eval_memory.py            # B0 (SegformerConfig()), 150 labels, N = 4, 8, 16, eval batch 2
     python benchmarks/eval_memory.py --full     # N = 50, 200, 500 (~40 minutes on 2 CPU cores)
     python benchmarks/eval_memory.py --quick    # CI-sized
-    python benchmarks/eval_memory.py --family mask2former   # Mask2FormerConfig() (Swin, 100 queries), random init
+    python benchmarks/eval_memory.py --family mask2former   # Mask2Former, 150 labels, 100 queries, input 256
 
 Mask2Former's baseline keeps every eval output (class and mask logits of all queries, as a plain prediction loop
 over the model would), then runs transformers' `post_process_semantic_segmentation` at the labels' size and the
@@ -248,12 +248,16 @@ def run_configuration(config: dict) -> dict:
 
 
 def build_mask2former(size: str, num_labels: int, id2label: dict):
-    """A random-init Mask2Former: `Mask2FormerConfig()` (Swin encoder, 100 queries) or a tiny one."""
+    """A random-init Mask2Former: `small` is `Mask2FormerConfig()` (pixel decoder, 10 decoder layers, 100 queries)
+    on a one-block-per-stage Swin (the full Swin-S takes over a minute per 512-pixel image on 2 CPU cores);
+    `tiny` is tiny everywhere (5 queries)."""
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
     labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-    if size != "tiny":
-        return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**labels)).eval()
+    if size == "small":
+        swin = SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=8, image_size=256,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+        return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(backbone_config=swin, **labels)).eval()
     swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
                       out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
     config = Mask2FormerConfig(
@@ -316,6 +320,8 @@ def main() -> None:
     if args.quick:
         base = {"model": "tiny", "num_labels": 10, "input_size": 64, "base_size": [64, 86]}
         sizes = args.sizes or [4]
+    elif args.family == "mask2former":
+        base = {"model": "small", "num_labels": 150, "input_size": 256, "base_size": [256, 341]}
     else:
         base = {"model": "b0", "num_labels": 150, "input_size": 512, "base_size": [512, 683]}
         sizes = args.sizes or ([50, 200, 500] if args.full else [4, 8, 16])
