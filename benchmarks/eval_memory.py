@@ -320,10 +320,10 @@ def main() -> None:
     if args.quick:
         base = {"model": "tiny", "num_labels": 10, "input_size": 64, "base_size": [64, 86]}
         sizes = args.sizes or [4]
-    elif args.family == "mask2former":
-        base = {"model": "small", "num_labels": 150, "input_size": 256, "base_size": [256, 341]}
     else:
         base = {"model": "b0", "num_labels": 150, "input_size": 512, "base_size": [512, 683]}
+        if args.family == "mask2former":
+            base = {"model": "small", "num_labels": 150, "input_size": 256, "base_size": [256, 341]}
         sizes = args.sizes or ([50, 200, 500] if args.full else [4, 8, 16])
     base["batch_size"] = args.batch_size
     base["family"] = args.family

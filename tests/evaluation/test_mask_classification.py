@@ -140,3 +140,21 @@ def test_evaluate_and_predict_a_saved_mask2former(saved_tiny_mask2former, tmp_pa
                   "--output", str(tmp_path / "masks")])  # fmt: skip
     written = np.asarray(Image.open(tmp_path / "masks" / "first.png"))
     assert np.array_equal(written, predictions[0].numpy())
+
+
+def test_oneformer_is_named_as_unsupported_before_any_forward_pass():
+    from types import SimpleNamespace
+
+    from hfseg.errors import HfsegError
+    from hfseg.evaluation.inference import forward_logits
+
+    class TextConditioned(torch.nn.Module):
+        """Stands in for OneFormer: its forward needs `task_inputs` (tokenised text) besides the pixels."""
+
+        config = SimpleNamespace(model_type="oneformer")
+
+        def forward(self, pixel_values, task_inputs):
+            raise AssertionError("never called")
+
+    with pytest.raises(HfsegError, match="OneFormer needs text task inputs"):
+        forward_logits(TextConditioned(), torch.zeros(1, 3, 32, 32))
