@@ -9,8 +9,8 @@
   size, are averaged (as mmsegmentation's `SegTTAModel`). Several views return log-probabilities, which
   are valid logits (argmax and cross-entropy act on them as on logits).
 
-Mask-classification models (Mask2Former, MaskFormer, OneFormer, EoMT) have no per-pixel logits: their "logits" here
-are per-pixel class scores (`mask_class_scores`), non-negative, upsampled, averaged and argmax'ed like logits; TTA
+Mask-classification models (Mask2Former, MaskFormer, EoMT) have no per-pixel logits: their "logits" here are
+per-pixel class scores (`mask_class_scores`), non-negative, upsampled, averaged and argmax'ed like logits; TTA
 averages their per-pixel normalised scores and returns that mean.
 """
 
