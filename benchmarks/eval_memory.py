@@ -15,6 +15,11 @@ the larger of the two is a measured lower bound of the memory that run needs, an
     python benchmarks/eval_memory.py            # B0 (SegformerConfig()), 150 labels, N = 4, 8, 16, eval batch 2
     python benchmarks/eval_memory.py --full     # N = 50, 200, 500 (~40 minutes on 2 CPU cores)
     python benchmarks/eval_memory.py --quick    # CI-sized
+    python benchmarks/eval_memory.py --family mask2former   # Mask2Former, 150 labels, 100 queries, input 256
+
+Mask2Former's baseline keeps every eval output (class and mask logits of all queries, as a plain prediction loop
+over the model would), then runs transformers' `post_process_semantic_segmentation` at the labels' size and the
+same `mean_iou`; ours is the same `SegTrainer.evaluate` as for SegFormer.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from common import (
     base_parser,
     child_main,
     current_rss_mb,
+    default_output,
     format_table,
     machine_info,
     machine_line,
@@ -132,9 +138,12 @@ def run_configuration(config: dict) -> dict:
     torch.manual_seed(0)
     num_labels, input_size, ignore_index = config["num_labels"], config["input_size"], 255
     id2label = {i: f"class_{i}" for i in range(num_labels)}
-    overrides = TINY_SEGFORMER if config["model"] == "tiny" else {}
-    model_config = SegformerConfig(num_labels=num_labels, id2label=id2label, **overrides)
-    model = SegformerForSemanticSegmentation(model_config).eval()
+    if config.get("family") == "mask2former":
+        model = build_mask2former(config["model"], num_labels, id2label)
+    else:
+        overrides = TINY_SEGFORMER if config["model"] == "tiny" else {}
+        model_config = SegformerConfig(num_labels=num_labels, id2label=id2label, **overrides)
+        model = SegformerForSemanticSegmentation(model_config).eval()
 
     if config["method"] == "ours":
         transform = EvalTransform(input_size)
@@ -204,6 +213,8 @@ def run_configuration(config: dict) -> dict:
                 data_collator=default_data_collator,
                 compute_metrics=example_compute_metrics,
             )
+        if config["method"] != "ours" and config.get("family") == "mask2former":
+            trainer = KeepAllOutputs(model, Samples(), config["batch_size"], num_labels, ignore_index)
         setup_rss = current_rss_mb()
         limit = cap_address_space(config["memory_budget_bytes"]) if config.get("memory_budget_bytes") else None
         started = time.perf_counter()
@@ -236,6 +247,56 @@ def run_configuration(config: dict) -> dict:
     }
 
 
+def build_mask2former(size: str, num_labels: int, id2label: dict):
+    """A random-init Mask2Former: `small` is `Mask2FormerConfig()` (pixel decoder, 10 decoder layers, 100 queries)
+    on a one-block-per-stage Swin (the full Swin-S takes over a minute per 512-pixel image on 2 CPU cores);
+    `tiny` is tiny everywhere (5 queries)."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    if size == "small":
+        swin = SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=8, image_size=256,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+        return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(backbone_config=swin, **labels)).eval()
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+    config = Mask2FormerConfig(
+        backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
+        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=5, **labels,
+    )  # fmt: skip
+    return Mask2FormerForUniversalSegmentation(config).eval()
+
+
+class KeepAllOutputs:
+    """Mask2Former's baseline: every image's class and mask logits kept, then post-processed and scored at once."""
+
+    def __init__(self, model, dataset, batch_size: int, num_labels: int, ignore_index: int):
+        self.model, self.dataset, self.batch_size = model, dataset, batch_size
+        self.num_labels, self.ignore_index = num_labels, ignore_index
+
+    def evaluate(self) -> dict:
+        import torch
+        from transformers import Mask2FormerImageProcessor
+        from transformers.modeling_outputs import ModelOutput
+
+        class_logits, mask_logits, labels = [], [], []
+        with torch.no_grad():
+            for start in range(0, len(self.dataset), self.batch_size):
+                batch = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
+                outputs = self.model(pixel_values=torch.stack([example["pixel_values"] for example in batch]))
+                class_logits.append(outputs.class_queries_logits)
+                mask_logits.append(outputs.masks_queries_logits)
+                labels += [example["labels"].numpy() for example in batch]
+        outputs = ModelOutput(
+            class_queries_logits=torch.cat(class_logits), masks_queries_logits=torch.cat(mask_logits)
+        )
+        maps = Mask2FormerImageProcessor().post_process_semantic_segmentation(
+            outputs, target_sizes=[label.shape for label in labels]
+        )
+        metrics = evaluate_style_mean_iou([m.numpy() for m in maps], labels, self.num_labels, self.ignore_index)
+        return {"eval_mean_iou": metrics["mean_iou"]}
+
+
 # --- parent ---------------------------------------------------------------------------------------------------
 
 
@@ -244,6 +305,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="The large sizes: N = 50, 200, 500 (slow).")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="Numbers of images N to evaluate.")
     parser.add_argument("--batch_size", type=int, default=2, help="per_device_eval_batch_size (both methods).")
+    parser.add_argument("--family", choices=("segformer", "mask2former"), default="segformer", help="Model family.")
     parser.add_argument(
         "--memory_fraction",
         type=float,
@@ -260,8 +322,11 @@ def main() -> None:
         sizes = args.sizes or [4]
     else:
         base = {"model": "b0", "num_labels": 150, "input_size": 512, "base_size": [512, 683]}
+        if args.family == "mask2former":
+            base = {"model": "small", "num_labels": 150, "input_size": 256, "base_size": [256, 341]}
         sizes = args.sizes or ([50, 200, 500] if args.full else [4, 8, 16])
     base["batch_size"] = args.batch_size
+    base["family"] = args.family
     info = machine_info()
     print(machine_line(info), flush=True)
 
@@ -279,8 +344,9 @@ def main() -> None:
         for method in ("ours", "baseline")
     }
     headers = ["N", "ours peak MB", "baseline peak MB", "mem ours/base", "ours s", "baseline s", "time ours/base"]
+    family = "SegFormer" if args.family == "segformer" else "Mask2Former"
     setting = (
-        f"SegFormer {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
+        f"{family} {base['model']}, {base['num_labels']} labels, images ~{base['base_size']}, "
         f"input {base['input_size']}, eval batch {args.batch_size}"
     )
     print(f"\n{NAME}: {setting}")
@@ -292,6 +358,8 @@ def main() -> None:
             print(f"{method}: peak RSS ~ {line}; at N = 500: ~{fit['at_500_mb'] / 1024:.1f} GB")
     print(machine_line(info))
     payload = {"machine": info, "settings": base, "results": results, "memory_growth": growth}
+    if args.output is None and args.family != "segformer":
+        args.output = default_output(f"{NAME}_{args.family}", args.quick)
     path = write_results(NAME, args, {**payload, "table": {"headers": headers, "rows": rows}})
     print(f"wrote {path}")
 

@@ -251,3 +251,84 @@ def write_multiband_folder(root, train: int = 4, validation: int = 2, size: int 
             Image.fromarray(mask).save(root / "masks" / split / f"{index:03d}.png")
     (root / "id2label.json").write_text(json.dumps(MULTIBAND_ID2LABEL))
     return root
+
+
+def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: int = 5):
+    """A tiny random-init Mask2Former or MaskFormer (Swin backbone) or EoMT (2-layer ViT), 5 queries, built from
+    configs; its class and mask heads scaled up so that its class scores differ across pixels (at init they are
+    near uniform)."""
+    import torch
+    from transformers import (
+        DetrConfig,
+        EomtConfig,
+        EomtForUniversalSegmentation,
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        MaskFormerConfig,
+        MaskFormerForInstanceSegmentation,
+        SwinConfig,
+    )
+
+    swin = SwinConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    labels = {"num_labels": num_labels, "id2label": {i: f"class_{i}" for i in range(num_labels)}}
+    labels["label2id"] = {name: i for i, name in labels["id2label"].items()}
+    torch.manual_seed(0)
+    if model_type == "eomt":
+        config = EomtConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=16, num_queries=5, num_blocks=1, num_upscale_blocks=2, **labels,
+        )  # fmt: skip
+        return _with_spread_heads(EomtForUniversalSegmentation(config), mask_scale=6.0)
+    if model_type == "mask2former":
+        config = Mask2FormerConfig(
+            backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
+            encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=5, **labels,
+        )  # fmt: skip
+        return _with_spread_heads(Mask2FormerForUniversalSegmentation(config), mask_scale=6.0)
+    decoder = DetrConfig(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5,
+    )  # fmt: skip
+    config = MaskFormerConfig(
+        backbone_config=swin, decoder_config=decoder, fpn_feature_size=32, mask_feature_size=32, num_queries=5,
+        **labels,
+    )  # fmt: skip
+    return _with_spread_heads(MaskFormerForInstanceSegmentation(config), mask_scale=30.0)
+
+
+def _with_spread_heads(model, mask_scale: float, class_scale: float = 30.0):
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("weight") and "class_predictor" in name:
+                parameter.mul_(class_scale)
+            elif name.endswith("weight") and ("mask_embedder" in name or "mask_head" in name):  # each of its 3 layers
+                parameter.mul_(mask_scale)
+    return model
+
+
+def save_tiny_mask2former(directory, id2label: dict[int, str], image_size: int = 64):
+    """A tiny random-init Mask2Former saved with its image processor (semantic labels, no reduction)."""
+    from transformers import Mask2FormerImageProcessor
+
+    model = tiny_mask_classification_model("mask2former", len(id2label))
+    model.config.id2label = {int(k): v for k, v in id2label.items()}
+    model.config.label2id = {v: int(k) for k, v in id2label.items()}
+    model.save_pretrained(directory)
+    processor = Mask2FormerImageProcessor(
+        size={"height": image_size, "width": image_size}, do_reduce_labels=False, ignore_index=255
+    )
+    processor.save_pretrained(directory)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_mask2former(tmp_path_factory):
+    """A saved tiny Mask2Former for the synthetic classes."""
+    from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
+
+    return save_tiny_mask2former(tmp_path_factory.mktemp("tiny_mask2former"), SYNTHETIC_ID2LABEL)

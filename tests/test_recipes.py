@@ -17,6 +17,16 @@ TINY_UPERNET_DINOV2 = {
     "backbone_config": {"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
                         "intermediate_size": 32, "patch_size": 14, "image_size": 56},
 }  # fmt: skip
+TINY_MASK2FORMER = {
+    "backbone_config": {"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                        "window_size": 4, "image_size": 64, "out_features": ["stage1", "stage2", "stage3", "stage4"]},
+    "feature_size": 32, "mask_feature_size": 32, "hidden_dim": 32, "encoder_feedforward_dim": 32, "encoder_layers": 1,
+    "decoder_layers": 2, "num_attention_heads": 2, "dim_feedforward": 32, "num_queries": 5,
+}  # fmt: skip
+TINY_EOMT = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64,
+    "patch_size": 16, "num_queries": 5, "num_blocks": 1, "num_upscale_blocks": 2,
+}  # fmt: skip
 
 
 def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
@@ -26,7 +36,11 @@ def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
         if backbone is None:  # the backbone checkpoint's own config: its type is in the name
             backbone = "dinov2" if "dinov2" in recipe["backbone_name_or_path"] else "convnext"
         return "upernet", {"swin": TINY_UPERNET_SWIN, "dinov2": TINY_UPERNET_DINOV2}.get(backbone, TINY_UPERNET)
+    if recipe.get("model_type") == "mask2former":
+        return "mask2former", TINY_MASK2FORMER
     name = recipe.get("model_name_or_path") or recipe.get("model_type")
+    if "eomt" in name:
+        return "eomt", TINY_EOMT
     if "mobilenet_v2" in name:
         return "mobilenet_v2", TINY_MOBILENET_V2
     assert "mit-b" in name or name == "segformer", f"no tiny stand-in for {name}"
@@ -43,7 +57,8 @@ def smoke_args(name: str, output_dir) -> list[str]:
         "--synthetic_train_size", "8", "--synthetic_eval_size", "2",
         # ADE recipes reduce labels: the synthetic background becomes ignore, most of the pixels, on purpose.
         "--allow_high_ignore", "true",
-        "--image_size", "64", "--crop_size", "64", "--max_steps", "2", "--warmup_steps", "0",
+        "--image_size", "64", "--crop_size", "64", "--eval_short_side", "64", "--eval_crop_size", "64",
+        "--max_steps", "2", "--warmup_steps", "0",
         "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
         "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
         "--logging_steps", "1", "--dataloader_num_workers", "0", "--num_preview_images", "1",

@@ -8,6 +8,10 @@
 - TTA: every (scale, flip) view is run in the mode above; the views' softmax probabilities, at the original
   size, are averaged (as mmsegmentation's `SegTTAModel`). Several views return log-probabilities, which
   are valid logits (argmax and cross-entropy act on them as on logits).
+
+Mask-classification models (Mask2Former, MaskFormer, EoMT) have no per-pixel logits: their "logits" here are
+per-pixel class scores (`mask_class_scores`), non-negative, upsampled, averaged and argmax'ed like logits; TTA
+averages their per-pixel normalised scores and returns that mean.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from hfseg.data.collate import pad_pixel_values
 from hfseg.errors import HfsegError
 from hfseg.evaluation.metrics import upsample_logits
 from hfseg.models.build import is_mask_classification
-from hfseg.models.mask_classification import semantic_scores
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -112,12 +115,54 @@ def eval_transform_for(processor, options: InferenceOptions):
     return EvalTransform(processor_input_size(processor), mean, std)
 
 
+#: Mask-classification models whose mask logits transformers' `post_process_semantic_segmentation` upsamples to the
+#: input size before the sigmoid (as the original Mask2Former and mmsegmentation do); MaskFormer's and OneFormer's
+#: take the sigmoid at mask resolution (1/4 of the input).
+SCORES_AT_INPUT_SIZE = frozenset({"mask2former", "eomt", "eomt_dinov3"})
+
+
 def forward_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, 3, h, w) -> (B, C, h', w') raw logits at the model's output resolution."""
+    """(B, 3, h, w) -> (B, C, h', w') raw logits at the model's output resolution; for a mask-classification
+    model, its per-pixel class scores (`mask_class_scores`) at mask resolution, or at the input size for the
+    families in `SCORES_AT_INPUT_SIZE`."""
+    if not is_mask_classification(model):
+        return model(pixel_values=pixel_values).logits
+    model_type = model.config.model_type
+    if model_type == "oneformer":
+        raise HfsegError(
+            "OneFormer needs text task inputs (its processor's tokenizer) that hfseg's inference does not build; "
+            "use a Mask2Former, MaskFormer or EoMT checkpoint"
+        )
     outputs = model(pixel_values=pixel_values)
-    if is_mask_classification(model):
-        return semantic_scores(outputs.class_queries_logits, outputs.masks_queries_logits)
-    return outputs.logits
+    size = tuple(pixel_values.shape[-2:]) if model_type in SCORES_AT_INPUT_SIZE else None
+    return mask_class_scores(outputs.class_queries_logits, outputs.masks_queries_logits, size)
+
+
+def mask_class_scores(
+    class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Per-pixel class scores of a mask-classification model, as transformers' `post_process_semantic_segmentation`
+    computes them: softmax over the classes without the last ("no object") column, times the sigmoid of each
+    query's mask, summed over the queries.
+
+    Args:
+        class_queries_logits: (B, Q, C + 1).
+        masks_queries_logits: (B, Q, h, w), upsampled bilinearly to `size` before the sigmoid when given.
+
+    Returns:
+        (B, C, h, w) scores in [0, Q], or (B, C, *size).
+    """
+    if size is not None and tuple(masks_queries_logits.shape[-2:]) != tuple(size):
+        masks_queries_logits = F.interpolate(masks_queries_logits, size=size, mode="bilinear", align_corners=False)
+    class_probabilities = class_queries_logits.softmax(dim=-1)[..., :-1]
+    return torch.einsum("bqc,bqhw->bchw", class_probabilities, masks_queries_logits.sigmoid())
+
+
+def scores_as_logits(scores: torch.Tensor) -> torch.Tensor:
+    """Mask-classification scores (or their TTA mean) -> logits whose softmax is the scores normalised per pixel:
+    their log, kept finite where a score is 0. Argmax is unchanged; cross-entropy on them is the negative log of
+    the true class's share of the pixel's score."""
+    return scores.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -220,15 +265,17 @@ def iter_logits_at_sizes(
             yield upsample_logits(logits[i : i + 1], size)[0]
         return
     # TTA: one sample at a time, so only its full-size sum of probabilities and one view exist at once.
-    tiny = torch.finfo(torch.float32).tiny  # keeps log() finite where every view gave a class ~0 probability
+    mask_classification = is_mask_classification(model)
     for i, size in enumerate(sizes):
         summed = None
         for scale, flip in views:
             logits = _view_logits(model, pixel_values[i : i + 1], options, scale, flip)
-            view = upsample_logits(logits, size)[0].float().softmax(0)
+            view = upsample_logits(logits, size)[0].float()
+            view = (scores_as_logits(view) if mask_classification else view).softmax(0)
             summed = view if summed is None else summed.add_(view)
             del logits, view
-        yield (summed / len(views)).clamp_min(tiny).log()
+        mean = summed / len(views)
+        yield mean if mask_classification else scores_as_logits(mean)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -15,6 +16,7 @@ from huggingface_hub.utils import validate_repo_id
 from hfseg.config import RESOLVED_CONFIG_NAME
 from hfseg.errors import HfsegError
 from hfseg.hub.network import is_local
+from hfseg.models.build import is_mask_classification
 from hfseg.models.lora import read_parameter_counts
 
 CARD_NAME = "README.md"
@@ -54,7 +56,7 @@ original resolution):
 from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{{ model_ref }}")
-for segment in segmenter("image.jpg"):
+for segment in segmenter("image.jpg"{{ pipeline_arguments }}):
     print(segment["label"], segment["mask"].size)
 ```
 
@@ -144,6 +146,7 @@ def build_model_card(
     model_ref: str | None = None,
     license: str | None = None,
     parameter_counts: dict | None = None,
+    pipeline_subtask: str | None = None,
 ) -> ModelCard:
     """A `ModelCard` whose metadata holds the eval results as a `model-index`.
 
@@ -162,6 +165,8 @@ def build_model_card(
         model_ref: what `pipeline(model=...)` loads in the usage snippet (a Hub id or a local path).
         license: license id of the card metadata (default: `card_license`, else apache-2.0).
         parameter_counts: {method, trainable, total, share} of the run (its `trainable_parameters.json`).
+        pipeline_subtask: `subtask` the usage snippet passes to the pipeline ("semantic" for mask-classification
+            models, whose pipeline otherwise returns panoptic segments).
 
     Raises:
         HfsegError: `mean_iou` is NaN (nothing labelled was scored), which is no result to publish.
@@ -256,6 +261,7 @@ def build_model_card(
         reference_section=reference_section,
         predictions_section=predictions_section,
         model_ref=model_ref or model_name,
+        pipeline_arguments=f", subtask={pipeline_subtask!r}" if pipeline_subtask else "",
         hyperparameters_table=hyperparameters or "- (defaults)",
         weakest_line=weakest_line,
     )
@@ -264,8 +270,18 @@ def build_model_card(
 def write_model_card(output_dir: str | Path, **kwargs) -> Path:
     """Build the card (see `build_model_card`) and save it as `output_dir/README.md`."""
     path = Path(output_dir) / CARD_NAME
+    kwargs.setdefault("pipeline_subtask", saved_pipeline_subtask(output_dir))
     build_model_card(**kwargs).save(path)
     return path
+
+
+def saved_pipeline_subtask(output_dir: str | Path) -> str | None:
+    """ "semantic" when the model saved in `output_dir` is a mask-classification model (Mask2Former, EoMT...)."""
+    config_path = Path(output_dir) / "config.json"
+    if not config_path.is_file():
+        return None
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    return "semantic" if is_mask_classification(SimpleNamespace(model_type=model_type)) else None
 
 
 def card_from_run(output_dir: str | Path, model_ref: str | None = None, model_name: str | None = None) -> ModelCard:
@@ -293,6 +309,7 @@ def card_from_run(output_dir: str | Path, model_ref: str | None = None, model_na
         predictions_image=PREDICTIONS_NAME if (output_dir / PREDICTIONS_NAME).is_file() else None,
         model_ref=model_ref or str(output_dir),
         parameter_counts=read_parameter_counts(output_dir),
+        pipeline_subtask=saved_pipeline_subtask(output_dir),
     )
 
 

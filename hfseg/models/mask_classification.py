@@ -92,11 +92,3 @@ class LossParts:
         main = sum(value for key, value in calls[-1].items() if not AUXILIARY_LOSS_KEY.search(key))
         total = sum(sum(terms.values()) for terms in calls)
         return main.detach(), (total - main).detach()
-
-
-def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel class scores from query outputs, as the models' `post_process_semantic_segmentation` computes them:
-    class_queries_logits (B, Q, C + 1), masks_queries_logits (B, Q, h, w) -> (B, C, h, w), the sum over queries of
-    P(class | query) (the last, "no object" class dropped) x sigmoid(mask)."""
-    classes = class_queries_logits.softmax(dim=-1)[..., :-1]
-    return torch.einsum("bqc,bqhw->bchw", classes, masks_queries_logits.sigmoid())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from hfseg.errors import HfsegError
-from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes
+from hfseg.evaluation.inference import InferenceOptions, iter_logits_at_sizes, scores_as_logits
 from hfseg.evaluation.metrics import check_label_range, confusion_and_out_of_range
 from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import is_mask_classification, processor_input_size
@@ -200,7 +200,8 @@ class SegTrainer(Trainer):
         """Returns (loss, per-sample confusion matrices (B, C, C), dummy labels (B,)), all on the device.
 
         The sizes are read once per batch; per sample nothing leaves the device. With `args.eval_bf16` the forward
-        passes run under bfloat16 autocast and the logits are scored in fp32.
+        passes run under bfloat16 autocast and the logits are scored in fp32. A mask-classification model's class
+        scores are scored as `scores_as_logits` (its loss: cross-entropy of the per-pixel normalised scores).
         """
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
@@ -212,6 +213,7 @@ class SegTrainer(Trainer):
         counted = torch.zeros((), dtype=torch.int64, device=labels.device)
         out_of_range = torch.zeros((), dtype=torch.int64, device=labels.device)
         confusions = []
+        mask_classification = is_mask_classification(model)
         autocast = torch.autocast(
             labels.device.type, dtype=torch.bfloat16, enabled=getattr(self.args, "eval_bf16", False)
         )
@@ -228,7 +230,7 @@ class SegTrainer(Trainer):
                 if logits.shape[0] == 1:  # one sigmoid logit: scored as background/foreground at the threshold
                     logits = binary_logits_as_two_classes(logits[None], getattr(self.args, "threshold", 0.5))[0]
                 label = label[:height, :width]
-                logits = logits.float()
+                logits = scores_as_logits(logits) if mask_classification else logits.float()
                 # Out-of-range labels are reported below; scored as ignored so no kernel asserts on them first.
                 scored = torch.where((label >= 0) & (label < num_labels), label, self.ignore_index)
                 loss_sum += F.cross_entropy(

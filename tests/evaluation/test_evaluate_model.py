@@ -193,9 +193,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_give_exactly_the_one_process_result(saved_tiny_model, saved_data, tmp_path):
+@pytest.mark.parametrize("saved_model", ["saved_tiny_model", "saved_tiny_mask2former"])
+def test_two_processes_give_exactly_the_one_process_result(saved_model, saved_data, tmp_path, request):
     """5 images over 2 CPU processes (gloo): the sampler pads rank 1 with a duplicate that must not count."""
-    flags = ["--model", str(saved_tiny_model), "--dataset_name", str(saved_data), "--per_device_eval_batch_size", "2",
+    model = request.getfixturevalue(saved_model)
+    flags = ["--model", str(model), "--dataset_name", str(saved_data), "--per_device_eval_batch_size", "2",
              "--report_to", "none", "--worst", "5"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1",

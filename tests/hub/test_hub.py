@@ -271,6 +271,15 @@ def test_card_from_run_names_the_repo(finished_run):
                                                      "overall_accuracy": 0.875}  # fmt: skip
 
 
+def test_card_of_a_mask_classification_run_asks_the_pipeline_for_semantic_masks(finished_run):
+    assert "subtask" not in card_from_run(finished_run).text
+    config_path = finished_run / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_type": "mask2former"}))
+    assert "segmenter(\"image.jpg\", subtask='semantic')" in card_from_run(finished_run).text
+    written = write_model_card(finished_run, metrics=METRICS, id2label=ID2LABEL, model_name="m2f").read_text()
+    assert "subtask='semantic'" in written
+
+
 def test_offline_mode_is_named_instead_of_a_traceback(finished_run, monkeypatch, capsys):
     """No stub here: the real HfApi refuses with HF_HUB_OFFLINE=1 (set by conftest) before opening a connection."""
     monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)

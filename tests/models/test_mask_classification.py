@@ -17,7 +17,6 @@ from hfseg.models.build import build_model, is_mask_classification
 from hfseg.models.mask_classification import (
     LossParts,
     check_mask_classification_options,
-    semantic_scores,
     use_average_num_masks,
 )
 
@@ -81,15 +80,6 @@ def test_loss_parts_add_up_to_the_loss(tiny_family):
     else:
         assert auxiliary > 0  # Mask2Former's decoder layers, EoMT's earlier blocks
     assert parts.pop() is None  # read once
-
-
-def test_semantic_scores_weigh_masks_by_class_probabilities():
-    class_logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))  # 2 queries, 2 classes + no-object
-    mask_logits = torch.tensor([[[[0.0, 100.0]], [[100.0, -100.0]]]])  # (1, 2, 1, 2): sigmoid 0.5/1 and 1/0
-    scores = semantic_scores(class_logits, mask_logits)
-    assert scores.shape == (1, 2, 1, 2)
-    expected = torch.tensor([[[[0.7 * 0.5 + 0.1, 0.7]], [[0.2 * 0.5 + 0.1, 0.2]]]])
-    assert torch.allclose(scores, expected, atol=1e-6)
 
 
 def test_per_pixel_loss_options_and_binary_task_are_refused():

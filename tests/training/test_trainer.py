@@ -98,3 +98,44 @@ def test_eval_reports_an_out_of_range_label_by_value(tmp_path):
     )
     with pytest.raises(ValueError, match=r"labels contain values \[9\] outside 0..4"):
         trainer.evaluate()
+
+
+def test_mask2former_eval_scores_class_scores_and_their_normalised_nll(tiny_synthetic, tmp_path):
+    from conftest import tiny_mask_classification_model
+
+    from hfseg.evaluation.inference import mask_class_scores
+
+    model = tiny_mask_classification_model("mask2former", num_labels=len(SYNTHETIC_ID2LABEL)).eval()
+    spec = LabelSpec(SYNTHETIC_ID2LABEL)
+    eval_dataset = attach_transform(tiny_synthetic["validation"], "image", "annotation", spec, EvalTransform(64))
+    args = SegTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=3, report_to="none", use_cpu=True, eval_strategy="no"
+    )
+    trainer_metrics = TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL)
+    trainer = SegTrainer(
+        model=model,
+        args=args,
+        eval_dataset=eval_dataset,
+        data_collator=functools.partial(collate_segmentation, ignore_index=255),
+        compute_metrics=trainer_metrics,
+    )
+    metrics = trainer.evaluate()
+
+    expected = StreamingSegmentationMetric(len(SYNTHETIC_ID2LABEL))
+    nll_sums, pixels = [0.0, 0.0], [0, 0]  # two batches of 3; Trainer's eval_loss is the mean of their losses
+    with torch.no_grad():
+        for index, example in enumerate(eval_dataset):
+            pixel_values, labels = example["pixel_values"][None], example["labels"]
+            outputs = model(pixel_values=pixel_values)
+            scores = mask_class_scores(outputs.class_queries_logits, outputs.masks_queries_logits, (64, 64))
+            scores = upsample_logits(scores, tuple(labels.shape))[0]
+            expected.update(scores.argmax(0), labels)
+            share = scores / scores.sum(0, keepdim=True)  # each class's share of the pixel's score
+            labelled = labels != 255
+            nll_sums[index // 3] -= share.gather(0, labels.clamp(max=4)[None])[0][labelled].log().sum().item()
+            pixels[index // 3] += int(labelled.sum())
+    assert torch.equal(trainer_metrics.last_confusion, expected.confusion)
+    assert len(expected.confusion.diagonal().nonzero()) > 1, "more than one class predicted"
+    assert len(eval_dataset) == 6
+    expected_loss = (nll_sums[0] / pixels[0] + nll_sums[1] / pixels[1]) / 2
+    assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-5)
