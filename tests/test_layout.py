@@ -19,6 +19,7 @@ COMMANDS = {
     "hfseg.evaluation.evaluate_model",
     "hfseg.evaluation.predict",
     "hfseg.hub.push",
+    "hfseg.deploy.export",
 }
 
 
