@@ -40,16 +40,18 @@ def export_onnx(model, path: str | Path, example: torch.Tensor, opset: int = 18)
     """Write `model` (fp32, eval mode) to `path` as ONNX; batch, height and width are dynamic axes.
 
     Args:
-        example: (B, 3, H, W) pixel values to trace with (any size the model takes).
+        example: (B, 3, H, W) pixel values to trace with (any size the model takes; the first image is used).
     """
     require_export_extra()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch, height, width = (torch.export.Dim(name) for name in ("batch", "height", "width"))
+    # torch.export specialises a dimension of size 1 to a constant: trace with two images.
+    example = example[:1].float().repeat(2, 1, 1, 1)
     try:
         program = torch.onnx.export(
-            LogitsOnly(model.float().eval()),
-            (example.float(),),
+            LogitsOnly(model.float().eval()).eval(),
+            (example,),
             dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
