@@ -4,7 +4,7 @@ Each model is exported once (`hfseg.deploy.onnx_export.export_onnx`, torch.onnx 
 Runtime (dynamic-int8, and static-int8 calibrated on up to 16 of the check images), and every variant runs the same
 preprocessed images as PyTorch through `hfseg.deploy.report.compare_backends` (`whole` inference, batch 1, scored
 at the labels' size; ORT gets torch's thread count). Models:
-- `segformer-b0-512`: random-init SegFormer-B0 (150 labels) at 512x512 on 8 synthetic scenes: the speed target
+- `segformer-b0-512`: random-init SegFormer-B0 (5-class head) at 512x512 on 8 synthetic scenes: the speed target
   (ORT fp32 >= 1.3x PyTorch, int8 >= 2x); its mIoU is meaningless (random weights), its agreement is not.
 - `demo`: the demo run (`make demo`'s outputs/demo, or --demo_run DIR) on its 40 validation images: the mIoU target
   (int8 loses <= 1 point).
@@ -39,8 +39,10 @@ def save_random_segformer(directory: Path, config: dict) -> None:
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
+    from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
+
     torch.manual_seed(0)
-    id2label = {i: f"class_{i}" for i in range(config["num_labels"])}
+    id2label = dict(SYNTHETIC_ID2LABEL)  # the check data's classes
     overrides = TINY_SEGFORMER if config["model"] == "tiny" else {}
     SegformerForSemanticSegmentation(SegformerConfig(id2label=id2label, **overrides)).save_pretrained(directory)
     size = config["input_size"]
@@ -94,9 +96,9 @@ def main() -> None:
     info = machine_info()
     print(machine_line(info))
     if args.quick:
-        configs = [{"name": "tiny-segformer-64", "model": "tiny", "num_labels": 5, "input_size": 64, "images": 4}]
+        configs = [{"name": "tiny-segformer-64", "model": "tiny", "input_size": 64, "images": 4}]
     else:
-        configs = [{"name": "segformer-b0-512", "model": "b0", "num_labels": 150, "input_size": 512, "images": 8}]
+        configs = [{"name": "segformer-b0-512", "model": "b0", "input_size": 512, "images": 8}]
         if (args.demo_run / "config.json").is_file():
             configs.append({"name": "demo", "run": str(args.demo_run), "input_size": 128})
         else:
