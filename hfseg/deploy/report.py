@@ -35,7 +35,8 @@ def _timed_masks(model, batch: dict, options: InferenceOptions) -> tuple[list[to
 def compare_backends(
     torch_model, onnx_model, batches: Iterable[dict], num_labels: int, ignore_index: int, options=None
 ) -> dict:
-    """Run every collated batch through both models alike and score both against the labels.
+    """Run every collated batch through both models alike and score both against the labels (after one untimed
+    warm-up batch each).
 
     Returns:
         {"num_images", "pixel_agreement" (share of all pixels where the class maps are equal), "torch" and "onnx":
@@ -47,6 +48,9 @@ def compare_backends(
     metrics = {name: StreamingSegmentationMetric(max(num_labels, 2), ignore_index) for name in ("torch", "onnx")}
     seconds = {"torch": 0.0, "onnx": 0.0}
     agreeing = total = images = 0
+    batches = list(batches)
+    for model in (torch_model, onnx_model):  # untimed: first-call set-up (allocations, kernel choice) is no speed
+        _timed_masks(model, batches[0], options)
     for batch in batches:
         masks = {}
         for name, model in (("torch", torch_model), ("onnx", onnx_model)):
