@@ -2,8 +2,8 @@
 
 Each model is exported once (`hfseg.deploy.onnx_export.export_onnx`, torch.onnx dynamo), quantised with ONNX
 Runtime (dynamic-int8, and static-int8 calibrated on up to 16 of the check images), and every variant runs the same
-preprocessed images as PyTorch through `hfseg.deploy.report.compare_backends` (`whole` inference, batch 1, scored
-at the labels' size; ORT gets torch's thread count). Models:
+preprocessed images as PyTorch through `hfseg.deploy.report.compare_backends` (`whole` inference, batch 1, one untimed
+warm-up image each, scored at the labels' size; ORT gets torch's thread count). Models:
 - `segformer-b0-512`: random-init SegFormer-B0 (5-class head) at 512x512 on 8 synthetic scenes: the speed target
   (ORT fp32 >= 1.3x PyTorch, int8 >= 2x); its mIoU is meaningless (random weights), its agreement is not.
 - `demo`: the demo run (`make demo`'s outputs/demo, or --demo_run DIR) on its 40 validation images: the mIoU target
@@ -76,11 +76,9 @@ def run_configuration(config: dict) -> dict:
         files = {"fp32": fp32}
         for method in VARIANTS[1:]:
             files[method] = quantize_int8(fp32, scratch / f"{method}.onnx", method, calibration)
-        compare_backends(model, model, batches[:1], model.config.num_labels, spec.ignore_index)  # warm-up
         variants = []
         for variant, path in files.items():
             onnx_model = OnnxSegmentationModel(inference_session(path, torch.get_num_threads()), model.config)
-            compare_backends(model, onnx_model, batches[:1], model.config.num_labels, spec.ignore_index)  # warm-up
             report = compare_backends(model, onnx_model, batches, model.config.num_labels, spec.ignore_index)
             variants.append({"variant": variant, "size_mb": file_size_mb(path), **report})
     return {"model": config["name"], "input_size": config["input_size"], "variants": variants}
