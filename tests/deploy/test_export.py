@@ -119,14 +119,13 @@ def test_evaluate_with_onnx_backend_scores_as_pytorch(segformer_run, segformer_e
 
 
 @pytest.mark.slow
-def test_dynamic_int8_report_has_the_miou_drop(segformer_run, segformer_export, tmp_path):
-    _, fp32_report = segformer_export
+def test_dynamic_int8_report_has_the_miou_drop(segformer_run, tmp_path):
     report = export(segformer_run, tmp_path, "--quantize", "dynamic-int8", "--max_miou_drop", "100")
     assert report["quantize"] == "dynamic-int8"
     assert report["mean_iou_drop_points"] == pytest.approx(
         100 * (report["torch"]["mean_iou"] - report["onnx"]["mean_iou"])
     )
-    assert report["torch"]["mean_iou"] == pytest.approx(fp32_report["torch"]["mean_iou"])
+    assert report["file_sizes_mb"]["onnx"] < report["file_sizes_mb"]["onnx_fp32"]
     assert "dynamic-int8" in (tmp_path / "README.md").read_text()
     check_report(report, tmp_path)  # within --max_miou_drop 100
     thresholds = {**report["thresholds"], "max_miou_drop_points": 1}
