@@ -224,6 +224,8 @@ def check_report(report: dict, output: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     export_args, data_args = parse_export_args(strip_debug(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for name in ("onnx_ir", "onnxscript"):  # one INFO line per graph rewrite: hundreds per export
+        logging.getLogger(name).setLevel(logging.WARNING)
     report = export_run(export_args, data_args)
     print(
         f"\n{export_args.output}/{ONNX_NAME} ({report['quantize'] or report['dtype']}): pixel agreement "
