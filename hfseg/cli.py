@@ -12,6 +12,10 @@ SUBCOMMANDS = {
     ),
     "predict": ("hfseg.evaluation.predict", "segment images: index-mask PNGs and overlays"),
     "doctor": ("hfseg.data.doctor", "check a data source (pairs, sizes, label values) before training on it"),
+    "export": (
+        "hfseg.deploy.export",
+        "export a run to ONNX and check it against PyTorch (RUN --format onnx --output DIR)",
+    ),
     "push": ("hfseg.hub.push", "push a finished run to the Hugging Face Hub (OUTPUT_DIR --repo_id ID)"),
     "app": ("hfseg.app.demo", "web demo of a saved model (RUN [--port 7860]) or a Hugging Face Space (--write_space)"),
 }

@@ -204,3 +204,15 @@ def test_binary_vs_softmax_quick(tmp_path):
     for result in document["results"]:
         assert 0 <= result["foreground_iou"] <= 1 and result["steps"] == 2
     assert document["summary"]["gaps"] and document["summary"]["std_over_seeds"] == {"binary": None, "softmax": None}
+
+
+@pytest.mark.slow
+def test_export_quick(tmp_path):
+    pytest.importorskip("onnxruntime")
+    document = run_quick("export", tmp_path)
+    (result,) = document["results"]
+    assert [variant["variant"] for variant in result["variants"]] == ["fp32", "dynamic-int8", "static-int8"]
+    fp32 = result["variants"][0]
+    assert fp32["pixel_agreement"] >= 0.999 and fp32["num_images"] == 4
+    assert all(variant["onnx"]["images_per_second"] > 0 for variant in result["variants"])
+    assert len(document["table"]["rows"]) == 3

@@ -20,6 +20,7 @@ COMMANDS = {
     "hfseg.evaluation.predict",
     "hfseg.hub.push",
     "hfseg.app.demo",
+    "hfseg.deploy.export",
 }
 
 

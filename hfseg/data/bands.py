@@ -10,12 +10,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from hfseg.errors import HfsegError
+
+if TYPE_CHECKING:
+    import torch
 
 #: TIFF and BigTIFF, little and big endian.
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -23,8 +26,14 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 BAND_AXES = "SCQIZ"
 #: PIL modes read as they are (others, e.g. palette or CMYK, are converted to RGB first).
 PIL_BAND_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F", "1")
-#: The largest value of each integer type kept, for scaling to [0, 1].
-TYPE_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
+#: The largest value of each integer type kept, for scaling to [0, 1] (by name: this module's file reading, which
+#: `hfseg doctor` uses, imports no torch).
+TYPE_MAX = {"torch.uint8": 255.0, "torch.uint16": 65535.0}
+
+
+def type_max(dtype) -> float | None:
+    """255 for uint8, 65535 for uint16 (torch dtypes); None for a float type, already in its own units."""
+    return TYPE_MAX.get(str(dtype))
 
 
 def is_tiff(data: bytes) -> bool:
@@ -39,6 +48,8 @@ def read_bands(image, num_channels: int | None = None, name: str = "image") -> t
         HfsegError: the image has another number of bands than `num_channels`, or a pixel type with no [0, 1]
             scale (signed integers, 32-bit), naming `name` and the fix.
     """
+    import torch
+
     if isinstance(image, torch.Tensor):
         bands = image if image.ndim == 3 else image[None]
     else:
@@ -136,15 +147,21 @@ def _name_of(image, fallback: str) -> str:
     return getattr(image, "filename", "") or fallback
 
 
-def scaled_float(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(C, H, W) uint8/uint16/float -> `dtype` in [0, 1] units, as `ToDtype(float32, scale=True)` scales it."""
-    values = pixels.to(dtype)
-    return values / TYPE_MAX[pixels.dtype] if pixels.dtype in TYPE_MAX else values
+def scaled_float(pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(C, H, W) uint8/uint16/float -> `dtype` (float32 by default) in [0, 1] units, as
+    `ToDtype(float32, scale=True)` scales it."""
+    import torch
+
+    values = pixels.to(dtype or torch.float32)
+    bound = type_max(pixels.dtype)
+    return values if bound is None else values / bound
 
 
 def preview_rgb(pixels: torch.Tensor) -> Image.Image:
     """(C, H, W) bands of any type -> an 8-bit RGB picture for figures and overlays: the first three bands (or the
     first, gray), each stretched between its 1st and 99th percentile."""
+    import torch
+
     bands = scaled_float(pixels)
     bands = bands[:3] if bands.shape[0] >= 3 else bands[:1].expand(3, -1, -1)
     flat = bands.reshape(3, -1)[:, :: max(1, bands[0].numel() // 1_000_000)]  # quantile's input is bounded
@@ -165,6 +182,7 @@ def band_statistics(images, total: int | None = None, progress: bool = True) -> 
     Raises:
         HfsegError: no images, or images with different numbers of bands (naming the first that differs).
     """
+    import torch
     from tqdm.auto import tqdm
 
     count, mean, squares = 0, None, None

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from hfseg.data.bands import TYPE_MAX
+from hfseg.data.bands import type_max
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -203,7 +203,7 @@ class TrainTransform:
         image, mask = self.scale(image, mask)
         image, mask = self.crop(image, mask)
         image, mask = self.flip(image, mask)
-        bound = TYPE_MAX.get(image.dtype)
+        bound = type_max(image.dtype)
         pixels = image.as_subclass(torch.Tensor).float()
         if self.photometric is not None:
             pixels = self.photometric(pixels, bound)

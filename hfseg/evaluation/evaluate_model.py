@@ -26,12 +26,13 @@ from hfseg.data.adapters.base import VALIDATION_SPLIT_NAMES, row_files, split_tr
 from hfseg.data.collate import collate_segmentation
 from hfseg.data.labels import LabelSpec
 from hfseg.data.preprocess import attach_transform, encode_pair, rows_for
+from hfseg.deploy.onnx_model import BACKEND_HELP, load_for_backend
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_masks
 from hfseg.evaluation.metrics import TrainerSegmentationMetrics, format_per_class_table
 from hfseg.evaluation.visualize import save_confusion_matrix, save_prediction_grid
 from hfseg.models.binary import THRESHOLD_ATTRIBUTE
-from hfseg.models.build import load_for_inference, processor_input_size
+from hfseg.models.build import processor_input_size
 from hfseg.training.trainer import SegTrainer
 
 logger = logging.getLogger("hfseg")
@@ -57,6 +58,7 @@ class EvaluateArguments:
         default=0,
         metadata={"help": "Also save worst_images.png: the K images with the lowest per-image mIoU."},
     )
+    backend: str = field(default="pytorch", metadata=BACKEND_HELP)
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own Python code to run."})
 
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # Model -> labels -> data at the mode's resolution.
-    model, processor = load_for_inference(evaluate_args.model, evaluate_args.revision, evaluate_args.trust_remote_code)
+    model, processor = load_for_backend(
+        evaluate_args.model, evaluate_args.backend, evaluate_args.revision, evaluate_args.trust_remote_code
+    )
     where = config_location(evaluate_args.model)
     saved = LabelSpec.from_config(model.config, where)  # None for models saved without it: the flags decide
     data_args = with_saved_ignore_index(data_args, saved, where)

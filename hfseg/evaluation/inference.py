@@ -300,10 +300,11 @@ def predict_masks(
 def predict_logits(model, images, transform, options: InferenceOptions | None = None) -> Iterator[torch.Tensor]:
     """One batch of images (PIL, or (C, H, W) bands) -> (C, H_i, W_i) logits at the images' original sizes, one
     image at a time."""
-    parameter = next(model.parameters())
+    parameter = next(model.parameters(), None)  # None: a model run outside torch (ONNX Runtime) takes fp32 on CPU
     pixel_values, pixel_sizes = pad_pixel_values([transform(image, None)[0] for image in images])
     sizes = [
         tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else (image.height, image.width) for image in images
     ]
-    pixel_values = pixel_values.to(parameter.device, dtype=parameter.dtype)
+    if parameter is not None:
+        pixel_values = pixel_values.to(parameter.device, dtype=parameter.dtype)
     yield from iter_logits_at_sizes(model, pixel_values, sizes, options, pixel_sizes)

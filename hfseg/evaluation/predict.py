@@ -27,10 +27,11 @@ from hfseg.data.bands import read_bands
 from hfseg.data.checks import read_problem
 from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.data.preprocess import is_band_input
+from hfseg.deploy.onnx_model import BACKEND_HELP, load_for_backend
 from hfseg.errors import HfsegError, strip_debug, user_errors_exit
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, predict_logits
 from hfseg.evaluation.visualize import make_palette, overlay
-from hfseg.models.build import load_for_inference, processor_input_size
+from hfseg.models.build import processor_input_size
 
 logger = logging.getLogger("hfseg")
 
@@ -62,6 +63,7 @@ class PredictArguments:
         },
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
+    backend: str = field(default="pytorch", metadata=BACKEND_HELP)
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own Python code to run."})
 
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from tqdm.auto import tqdm
 
-    model, processor = load_for_inference(predict_args.model, predict_args.revision, predict_args.trust_remote_code)
+    model, processor = load_for_backend(
+        predict_args.model, predict_args.backend, predict_args.revision, predict_args.trust_remote_code
+    )
     device = predict_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     options = options.with_input_size(processor_input_size(processor))

@@ -420,3 +420,24 @@ def adapter_card_from_run(output_dir: str | Path, adapter_ref: str) -> ModelCard
         adapter_ref=adapter_ref,
         hyperparameters_table="\n".join(hyperparameters) or "- (defaults)",
     )
+
+
+def export_card_section(report: dict) -> str:
+    """The card's "ONNX export" section from an `export_report.json` (`hfseg export`): agreement, mIoU, speed, size."""
+    torch_side, onnx_side, sizes = report["torch"], report["onnx"], report["file_sizes_mb"]
+
+    def number(value, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    variant = report["dtype"] + (f", {report['quantize']}" if report.get("quantize") else "")
+    return (
+        f"\n## ONNX export\n\n`{report['file']}` ({variant}, {report['exporter']}, ONNX Runtime CPU), checked against "
+        f"PyTorch on {report['num_images']} images of {report['data']} (`whole` inference, same pre- and "
+        f"post-processing):\n\n| | PyTorch | ONNX Runtime |\n|---|---|---|\n"
+        f"| mIoU | {_format(torch_side['mean_iou'])} | {_format(onnx_side['mean_iou'])} |\n"
+        f"| images/s ({report['machine']['cpu_count']} CPUs) | {number(torch_side['images_per_second'])} | "
+        f"{number(onnx_side['images_per_second'])} |\n"
+        f"| file size (MB) | {number(sizes['pytorch'])} | {number(sizes['onnx'])} |\n\n"
+        f"Pixel agreement {100 * report['pixel_agreement']:.3f}%, mIoU difference "
+        f"{report['mean_iou_drop_points']:+.2f} points (PyTorch - ONNX).\n"
+    )
