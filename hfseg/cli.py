@@ -17,7 +17,10 @@ SUBCOMMANDS = {
         "export a run to ONNX and check it against PyTorch (RUN --format onnx --output DIR)",
     ),
     "push": ("hfseg.hub.push", "push a finished run to the Hugging Face Hub (OUTPUT_DIR --repo_id ID)"),
-    "app": ("hfseg.app.demo", "web demo of a saved model (RUN [--port 7860]) or a Hugging Face Space (--write_space)"),
+    "app": (
+        "hfseg.deploy.app",
+        "web demo of a saved model (RUN [--port 7860]) or a Hugging Face Space (--write_space)",
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from hfseg.app.demo import build_demo  # noqa: E402
+from hfseg.deploy.app import build_demo  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL = {model_expr}

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, SHARED_DATA, save_tiny_model
 from PIL import Image
 
-from hfseg.app.demo import card_metrics, class_areas, legend_html, main
+from hfseg.deploy.app import card_metrics, class_areas, legend_html, main
 from hfseg.hub.card import build_model_card
 from hfseg.hub.space import write_space
 
@@ -94,8 +94,8 @@ def test_examples_without_images_are_named(carded_model, tmp_path, capsys):
 
 
 def test_a_synthetic_run_offers_its_validation_images(carded_model, tmp_path):
-    from hfseg.app.demo import synthetic_validation_examples
     from hfseg.data.synthetic import make_synthetic_dataset
+    from hfseg.deploy.app import synthetic_validation_examples
 
     run = tmp_path / "run"
     shutil.copytree(carded_model, run)

@@ -57,7 +57,7 @@ def outbound():
 @pytest.fixture(scope="module")
 def app_url(outbound, tmp_path_factory):
     """`hfseg app` of a tiny random-init model (the synthetic classes), served on 127.0.0.1 by this process."""
-    from hfseg.app.demo import AppArguments, serve
+    from hfseg.deploy.app import AppArguments, serve
     from hfseg.hub.card import build_model_card
 
     model = save_tiny_model(tmp_path_factory.mktemp("app_model"), SYNTHETIC_ID2LABEL)
@@ -109,7 +109,7 @@ def test_written_space_serves_the_same_mask(app_url, outbound, tmp_path):
 
     from gradio_client import Client, handle_file
 
-    from hfseg.app.demo import main
+    from hfseg.deploy.app import main
 
     _, model = app_url
     space = tmp_path / "space"
@@ -128,7 +128,7 @@ def test_written_space_serves_the_same_mask(app_url, outbound, tmp_path):
 
 
 def test_a_port_in_use_is_named(app_url, capsys):
-    from hfseg.app.demo import main
+    from hfseg.deploy.app import main
 
     _, model = app_url
     with socket.socket() as holder:
