@@ -71,6 +71,7 @@ def run_configuration(config: dict) -> dict:
     torch.manual_seed(0)
     device, size, batch_size, num_labels = config["device"], config["crop_size"], config["batch_size"], 150
     steps = config["steps"] + 1
+    rss_before_model = current_rss_mb()  # libraries loaded, no model yet
     model = build(config["model"], num_labels)
     if config["method"] == "lora":
         model = apply_lora(model, config["lora_r"], config["lora_r"], 0.0)
@@ -116,6 +117,7 @@ def run_configuration(config: dict) -> dict:
         "total": counts["total"],
         "trainable_share": round(counts["share"], 4),
         "s_per_step": round(statistics.median(times), 4),
+        "rss_before_model_mb": rss_before_model,
         "rss_before_training_mb": rss_before,
     }
     if device == "cuda":
@@ -148,7 +150,10 @@ def main() -> None:
     for result in results:
         if "peak_rss_mb" in result:
             result["training_rss_mb"] = round(result["peak_rss_mb"] - result["rss_before_training_mb"], 1)
-    memory_key = "cuda_peak_mb" if args.device == "cuda" else "peak_rss_mb"
+            # What the model and its training hold (weights, gradients, optimizer state, activations), the CPU
+            # counterpart of a GPU's peak allocated memory: the process's peak minus the libraries' share.
+            result["model_training_rss_mb"] = round(result["peak_rss_mb"] - result["rss_before_model_mb"], 1)
+    memory_key = "cuda_peak_mb" if args.device == "cuda" else "model_training_rss_mb"
     growth_key = "cuda_training_mb" if args.device == "cuda" else "training_rss_mb"
     rows = []
     for result in results:
@@ -161,17 +166,22 @@ def main() -> None:
                 f"{result.get('crop_size')}px bs{result.get('batch_size')}",
                 result.get("method", result.get("error")),
                 result.get("trainable_share"),
+                result.get("peak_rss_mb"),
                 result.get(memory_key),
+                ratio(result.get(memory_key), full.get(memory_key)),
                 result.get(growth_key),
                 ratio(result.get(growth_key), full.get(growth_key)),
                 result.get("s_per_step"),
                 ratio(result.get("s_per_step"), full.get("s_per_step")),
             ]
         )
-    headers = ["model", "method", "trained share", "peak MB", "training MB", "training / full", "s/step", "/ full"]
+    headers = [
+        "model", "method", "trained share", "process peak MB", "model+training MB", "/ full", "training MB",
+        "training / full", "s/step", "/ full",
+    ]  # fmt: skip
     print(
-        f"\n{NAME}: hfseg SegTrainer, {args.device}, 150 labels, AdamW; "
-        "training MB = peak minus memory with the model built"
+        f"\n{NAME}: hfseg SegTrainer, {args.device}, 150 labels, AdamW; model+training MB = peak minus memory "
+        "before the model was built (on a GPU: peak allocated); training MB = peak minus memory with the model built"
     )
     print(format_table(headers, rows))
     print(machine_line(info))
