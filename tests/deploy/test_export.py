@@ -135,6 +135,25 @@ def test_dynamic_int8_report_has_the_miou_drop(segformer_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_fp16_export_stores_half_weights_and_segments_like_pytorch(segformer_run, tmp_path):
+    """fp16 weights (ONNX Runtime's float16 converter), fp32 inputs and outputs: half-precision weights, nearly
+    every pixel as PyTorch labels it, held to --max_miou_drop like int8."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    report = export(segformer_run, tmp_path, "--dtype", "fp16")
+    assert report["dtype"] == "fp16" and report["quantize"] is None
+    assert report["pixel_agreement"] >= 0.99 and report["mean_iou_drop_points"] <= 1.0
+    weights = onnx.load(str(tmp_path / "model.onnx")).graph.initializer
+    halves = sum(numpy_helper.to_array(w).size for w in weights if w.data_type == onnx.TensorProto.FLOAT16)
+    singles = sum(numpy_helper.to_array(w).size for w in weights if w.data_type == onnx.TensorProto.FLOAT)
+    assert halves > 10 * singles  # the weights are stored in half precision
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
+
+
+@pytest.mark.slow
 def test_upernet_fp32_export_matches_pytorch(tmp_path):
     from transformers import SegformerImageProcessor
 
