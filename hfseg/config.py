@@ -450,6 +450,14 @@ class SegArgumentParser(HfArgumentParser):
             )
         HfArgumentParser._parse_dataclass_field(self._sections[help_section(field.name)], field)
 
+    def parse_command(self, argv: list[str] | None) -> tuple:
+        """`parse_args_into_dataclasses(args=argv)`, a value its dataclass refuses (`__post_init__`) becoming an
+        `HfsegError` that points at the command's `--help`."""
+        try:
+            return self.parse_args_into_dataclasses(args=argv)
+        except (ValueError, TypeError) as error:
+            raise HfsegError(f"invalid configuration: {error}; see `{self.prog} --help` for the flags") from None
+
 
 def __getattr__(name: str):
     # `SegTrainingArguments` imports torch (TrainingArguments): loaded on first use, not with this module.

@@ -66,10 +66,7 @@ def parse_export_args(argv: list[str]):
         argv = ["--run", argv[0], *argv[1:]]
     parser = SegArgumentParser((ExportArguments, DataArguments))
     parser.prog = "hfseg export"
-    try:
-        export_args, data_args = parser.parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as error:
-        raise HfsegError(f"invalid configuration: {error}") from None
+    export_args, data_args = parser.parse_command(argv)
     if not export_args.run or not export_args.output:
         raise HfsegError("pass the run to export and --output DIR, e.g. hfseg export outputs/demo --output out/onnx")
     if export_args.quantize and export_args.dtype != "fp32":

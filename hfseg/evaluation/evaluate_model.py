@@ -67,10 +67,7 @@ def parse_evaluate_args(argv: list[str] | None = None):
     parser = SegArgumentParser((EvaluateArguments, DataArguments, SegTrainingArguments))
     parser.prog = "hfseg evaluate"
     parser.set_defaults(output_dir="outputs/eval", ignore_index=None)  # None: the model's (LabelSpec.from_config)
-    try:
-        evaluate_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as error:
-        raise HfsegError(f"invalid configuration: {error}") from None
+    evaluate_args, data_args, training_args = parser.parse_command(argv)
     if not evaluate_args.model:
         raise HfsegError("no model given: pass --model DIR (a saved model, e.g. hfseg finetune's output_dir)")
     if evaluate_args.worst < 0:

@@ -83,10 +83,7 @@ def inference_arguments_class():
 def parse_predict_args(argv: list[str] | None = None):
     parser = SegArgumentParser((PredictArguments, inference_arguments_class()))
     parser.prog = "hfseg predict"
-    try:
-        predict_args, inference_args = parser.parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as error:
-        raise HfsegError(f"invalid configuration: {error}") from None
+    predict_args, inference_args = parser.parse_command(argv)
     if not predict_args.model or not predict_args.input:
         raise HfsegError("pass --model DIR (a saved model) and --input FILE|DIR (the images to segment)")
     if predict_args.batch_size < 1:

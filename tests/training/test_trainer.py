@@ -16,15 +16,14 @@ from hfseg.evaluation.metrics import StreamingSegmentationMetric, TrainerSegment
 from hfseg.training.trainer import SegTrainer
 
 
-@pytest.mark.parametrize("model_type", ["segformer", "upernet"])
-def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, model_type):
-    torch.manual_seed(0)
-    model = tiny_model(model_type, num_labels=len(SYNTHETIC_ID2LABEL)).eval()
+def evaluate_synthetic(model, tiny_synthetic, tmp_path, batch_size: int):
+    """SegTrainer.evaluate of `model` on the synthetic validation split at 64 px: (dataset, metrics, results)."""
     spec = LabelSpec(SYNTHETIC_ID2LABEL)
     eval_dataset = attach_transform(tiny_synthetic["validation"], "image", "annotation", spec, EvalTransform(64))
     args = SegTrainingArguments(
-        output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True, eval_strategy="no"
-    )
+        output_dir=str(tmp_path), per_device_eval_batch_size=batch_size, report_to="none", use_cpu=True,
+        eval_strategy="no",
+    )  # fmt: skip
     trainer_metrics = TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL)
     trainer = SegTrainer(
         model=model,
@@ -33,7 +32,14 @@ def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, mode
         data_collator=functools.partial(collate_segmentation, ignore_index=255),
         compute_metrics=trainer_metrics,
     )
-    metrics = trainer.evaluate()
+    return eval_dataset, trainer_metrics, trainer.evaluate()
+
+
+@pytest.mark.parametrize("model_type", ["segformer", "upernet"])
+def test_streamed_eval_matches_direct_computation(tiny_synthetic, tmp_path, model_type):
+    torch.manual_seed(0)
+    model = tiny_model(model_type, num_labels=len(SYNTHETIC_ID2LABEL)).eval()
+    eval_dataset, trainer_metrics, metrics = evaluate_synthetic(model, tiny_synthetic, tmp_path, batch_size=4)
 
     expected = StreamingSegmentationMetric(len(SYNTHETIC_ID2LABEL))
     sizes = set()
@@ -106,20 +112,7 @@ def test_mask2former_eval_scores_class_scores_and_their_normalised_nll(tiny_synt
     from hfseg.evaluation.inference import mask_class_scores
 
     model = tiny_mask_classification_model("mask2former", num_labels=len(SYNTHETIC_ID2LABEL)).eval()
-    spec = LabelSpec(SYNTHETIC_ID2LABEL)
-    eval_dataset = attach_transform(tiny_synthetic["validation"], "image", "annotation", spec, EvalTransform(64))
-    args = SegTrainingArguments(
-        output_dir=str(tmp_path), per_device_eval_batch_size=3, report_to="none", use_cpu=True, eval_strategy="no"
-    )
-    trainer_metrics = TrainerSegmentationMetrics(SYNTHETIC_ID2LABEL)
-    trainer = SegTrainer(
-        model=model,
-        args=args,
-        eval_dataset=eval_dataset,
-        data_collator=functools.partial(collate_segmentation, ignore_index=255),
-        compute_metrics=trainer_metrics,
-    )
-    metrics = trainer.evaluate()
+    eval_dataset, trainer_metrics, metrics = evaluate_synthetic(model, tiny_synthetic, tmp_path, batch_size=3)
 
     expected = StreamingSegmentationMetric(len(SYNTHETIC_ID2LABEL))
     nll_sums, pixels = [0.0, 0.0], [0, 0]  # two batches of 3; Trainer's eval_loss is the mean of their losses
