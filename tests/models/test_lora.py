@@ -30,10 +30,18 @@ def test_segformer_b0_lora_trains_under_15_percent():
     assert counts["total"] > 3_700_000  # b0: 3.7M parameters, plus the adapters
 
 
-@pytest.mark.parametrize("family", ["segformer", "upernet_convnext", "upernet_swin"])
+TINY_UPERNET_DINOV2 = {
+    "hidden_size": 16, "auxiliary_channels": 8, "pool_scales": [1, 2],
+    "backbone_config": {"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
+                        "intermediate_size": 32, "patch_size": 14, "image_size": 56},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["segformer", "upernet_convnext", "upernet_swin", "upernet_dinov2"])
 def test_default_targets_adapt_the_encoder_and_train_the_heads(family):
-    if family == "upernet_swin":
-        args = ModelArguments(model_type="upernet", config_overrides=json.dumps(TINY_UPERNET_SWIN))
+    if family in ("upernet_swin", "upernet_dinov2"):
+        overrides = TINY_UPERNET_SWIN if family == "upernet_swin" else TINY_UPERNET_DINOV2
+        args = ModelArguments(model_type="upernet", config_overrides=json.dumps(overrides))
         model = build_model(args, {i: str(i) for i in range(3)})
     else:
         model = tiny_model(family.split("_")[0])
