@@ -73,6 +73,13 @@ def parse_export_args(argv: list[str]):
         raise HfsegError(f"--quantize {export_args.quantize} quantises the fp32 export; leave --dtype fp32")
     if export_args.batch_size < 1 or export_args.calibration_samples < 1:
         raise HfsegError("--batch_size and --calibration_samples must be at least 1")
+    output = Path(export_args.output)
+    if (output / "config.json").is_file() and not (output / ONNX_NAME).is_file():
+        # A saved model (the run itself, or another): its config.json and README.md would be replaced.
+        raise HfsegError(
+            f"--output {output} holds a saved model, not an ONNX export: exporting there would replace its "
+            f"config.json and README.md; pass another folder, e.g. --output {output / 'onnx'}"
+        )
     if not any(getattr(data_args, flag) for flag in DATA_FLAGS):
         data_args = run_data_arguments(Path(export_args.run), data_args)
     return export_args, data_args

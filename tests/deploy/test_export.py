@@ -175,6 +175,15 @@ def test_missing_run_is_a_user_error(tmp_path, capsys):
     assert f"run {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
+def test_output_into_a_saved_model_is_refused_and_the_model_kept(segformer_run, capsys):
+    before = {path.name: path.read_bytes() for path in segformer_run.iterdir() if path.is_file()}
+    with pytest.raises(SystemExit) as stopped:
+        export_main([str(segformer_run), "--output", str(segformer_run)])
+    assert stopped.value.code == 2
+    assert f"--output {segformer_run} holds a saved model" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in segformer_run.iterdir() if path.is_file()} == before
+
+
 def test_onnx_backend_needs_an_export_folder(segformer_run, tmp_path, capsys):
     from hfseg.evaluation.predict import main as predict_main
 
