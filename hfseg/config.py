@@ -61,8 +61,10 @@ class ModelArguments:
         default="multiclass",
         metadata={
             "help": "multiclass (softmax over id2label's classes) or binary (one sigmoid logit, num_labels=1, for "
-            "background/foreground masks; bce-based losses; saved as a two-class model thresholded at --threshold).",
-            "choices": ["multiclass", "binary"],
+            "background/foreground masks; bce-based losses; saved as a two-class model thresholded at --threshold); "
+            "auto: binary when the labels have exactly two classes (and the model has per-pixel logits), else "
+            "multiclass.",
+            "choices": ["multiclass", "binary", "auto"],
         },
     )
     num_channels: int | None = field(
@@ -305,12 +307,13 @@ class SegmentationArguments:
         default=8, metadata={"help": "Slide mode: windows per forward pass (bounds inference memory)."}
     )
     # --- training ---
-    loss: str = field(
-        default="ce",
+    loss: str | None = field(
+        default=None,
         metadata={
             "help": "Training loss: one name or weighted terms, e.g. ce, ce_dice (ce + dice_weight * dice), "
             "ce:1,lovasz:0.5. Multiclass: ce, ohem, focal, dice, tversky, jaccard, lovasz (softmax); binary "
-            "(num_labels=1): bce, focal, dice, tversky, jaccard, lovasz (hinge)."
+            "(num_labels=1): bce, focal, dice, tversky, jaccard, lovasz (hinge). Default: ce, or bce for a binary "
+            "task."
         },
     )
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma (0 = plain sigmoid BCE)."})
@@ -573,9 +576,16 @@ LOSSES = ("ce", "dice", "ce_dice", "ohem", "focal", "tversky", "jaccard", "lovas
 TASKS = ("multiclass", "binary")
 
 
-def parse_loss(spec: str, dice_weight: float = 1.0) -> list[tuple[str, float]]:
+def default_loss(task: str) -> str:
+    """The loss of a run that names none: cross-entropy over the classes, or BCE on a binary head's one logit."""
+    return "bce" if task == "binary" else "ce"
+
+
+def parse_loss(spec: str | None, dice_weight: float = 1.0) -> list[tuple[str, float]]:
     """`ce:1,lovasz:0.5` -> [("ce", 1.0), ("lovasz", 0.5)]; a bare name weighs 1; `ce_dice` is `ce:1,dice:W`
-    with W = `dice_weight`."""
+    with W = `dice_weight`; None is the multiclass default, ce."""
+    if spec is None:
+        spec = default_loss("multiclass")
     terms = []
     for part in spec.replace(" ", "").split(","):
         name, _, weight = part.partition(":")

@@ -31,10 +31,11 @@ from hfseg.evaluation.visualize import save_prediction_grid, save_training_curve
 from hfseg.hub.card import write_model_card
 from hfseg.hub.network import hub_sources, require_hub_sources
 from hfseg.hub.push import prepare_hub_push, push_finished_run
-from hfseg.models.binary import check_binary_options, export_binary_head
+from hfseg.models.binary import check_binary_options, export_binary_head, resolve_task
 from hfseg.models.build import (
     build_image_processor,
     build_model,
+    builds_mask_classification,
     is_mask_classification,
     processor_input_size,
     processor_mean_std,
@@ -81,6 +82,9 @@ def run(model_args, data_args, training_args) -> dict:
     source = load_source(data_args, seed=training_args.seed)
     spec = build_label_spec(source, data_args)
     check_source(source, spec, data_args)  # stops on broken pairs, or drops them with --skip_bad_samples
+    if model_args.task == "auto":  # binary for two classes, unless the model family or the loss says otherwise
+        mask_classification = builds_mask_classification(model_args)
+        model_args.task = resolve_task("auto", spec.id2label, mask_classification, training_args.loss)
     processor = build_image_processor(model_args)
     align_sizes_to_patch(model_args, data_args, training_args, processor)  # ViT backbones: multiples of the patch
     mean, std = processor_mean_std(processor)

@@ -203,6 +203,7 @@ def test_binary_vs_softmax_quick(tmp_path):
     ]
     for result in document["results"]:
         assert 0 <= result["foreground_iou"] <= 1 and result["steps"] == 2
+        assert 0 <= result["membrane_iou"] <= 1 and result["trivial"] == (result["membrane_iou"] < 0.05)
     assert document["summary"]["gaps"] and document["summary"]["std_over_seeds"] == {"binary": None, "softmax": None}
 
 

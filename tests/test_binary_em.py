@@ -1,5 +1,6 @@
-"""End to end on real binary masks (ISBI EM, 0 = membrane, 255 = cell): `--task binary` trains, then
-`hfseg evaluate`, `hfseg predict` and the plain image-segmentation pipeline serve the saved run."""
+"""End to end on real binary masks (ISBI EM, 0 = membrane, 255 = cell): `--task auto` detects a binary task and
+trains one sigmoid logit with bce, then `hfseg evaluate`, `hfseg predict` and the plain image-segmentation pipeline
+serve the saved run."""
 
 import json
 import math
@@ -39,7 +40,7 @@ def binary_em_run(tmp_path_factory, shared_data):
     output_dir = root / "out"
     result = subprocess.run(
         [sys.executable, str(ROOT / "hfseg" / "finetune.py"),
-         *em_run_args(output_dir, shared_data, id2label_file, "--task", "binary", "--loss", "bce")],
+         *em_run_args(output_dir, shared_data, id2label_file, "--task", "auto")],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,6 +50,8 @@ def binary_em_run(tmp_path_factory, shared_data):
 @pytest.mark.slow
 def test_binary_em_trains_with_finite_loss_and_reports_foreground_metrics(binary_em_run):
     output_dir, _, log = binary_em_run
+    # Asked to detect the task: two classes make a one-logit sigmoid head, trained with bce as no --loss is given.
+    assert "--task auto: two classes (0=membrane, 1=cell): binary" in log
     losses = [float(value) for value in re.findall(r"'loss': '([-0-9.e]+)'", log)]
     assert len(losses) == 4 and all(math.isfinite(loss) and loss >= 0 for loss in losses), losses
     results = json.loads((output_dir / "eval_results.json").read_text())

@@ -3,12 +3,15 @@ two-class head that `pipeline("image-segmentation")` argmaxes into the same thre
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
 from hfseg.errors import HfsegError
+
+logger = logging.getLogger(__name__)
 
 #: Config attribute recording the threshold a saved binary model's two-class head was exported with.
 THRESHOLD_ATTRIBUTE = "binary_threshold"
@@ -24,6 +27,31 @@ def check_binary_options(threshold: float, inference_options) -> None:
             "--task binary evaluates without --eval_scales/--eval_flip during training; drop them, then run "
             "`hfseg evaluate` with them on the saved (two-class) model"
         )
+
+
+def resolve_task(task: str, id2label: dict[int, str], mask_classification: bool, loss: str | None = None) -> str:
+    """`--task auto` -> binary for a two-class label set (one sigmoid logit), else multiclass; other tasks as given.
+
+    A mask-classification model has no one-logit head, and a loss that only softmax takes (ce, ohem) asks for the
+    two-class softmax: both keep multiclass.
+    """
+    if task != "auto":
+        return task
+    from hfseg.config import BINARY_LOSSES, parse_loss
+
+    names = [name for name, _ in parse_loss(loss)] if loss else []
+    classes = ", ".join(f"{k}={v}" for k, v in sorted(id2label.items()))
+    if len(id2label) != 2:
+        reason = f"{len(id2label)} classes ({classes})" if len(id2label) <= 4 else f"{len(id2label)} classes"
+    elif mask_classification:
+        reason = "a mask-classification model has no one-logit head"
+    elif any(name not in BINARY_LOSSES for name in names):
+        reason = f"--loss {loss} is a softmax loss"
+    else:
+        logger.info("--task auto: two classes (%s): binary, one sigmoid logit for %s", classes, id2label[1])
+        return "binary"
+    logger.info("--task auto: multiclass (%s)", reason)
+    return "multiclass"
 
 
 def binary_id2label(id2label: dict[int, str]) -> dict[int, str]:

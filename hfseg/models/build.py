@@ -44,6 +44,13 @@ def is_mask_classification(model_or_config) -> bool:
     return getattr(config, "model_type", None) in MASK_CLASSIFICATION_MODEL_TYPES
 
 
+def builds_mask_classification(model_args) -> bool:
+    """Whether `--model_type` or the `--model_name_or_path` checkpoint's config is a mask-classification model."""
+    if model_args.model_type:
+        return model_args.model_type in MASK_CLASSIFICATION_MODEL_TYPES
+    return is_mask_classification(load_segmentation_config(model_args, _config_overrides(model_args)))
+
+
 def model_class_for(config):
     """The Auto class that builds `config`'s segmentation model."""
     if is_mask_classification(config):

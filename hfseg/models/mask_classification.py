@@ -30,8 +30,8 @@ def check_mask_classification_options(model_type: str, task: str, training_args)
         )
     changed = [
         f"--{name} {getattr(training_args, name)}"
-        for name, default in (("loss", "ce"), ("class_weights", None), ("class_weighting", "none"))
-        if getattr(training_args, name, default) != default
+        for name, defaults in (("loss", (None, "ce")), ("class_weights", (None,)), ("class_weighting", ("none",)))
+        if getattr(training_args, name, defaults[0]) not in defaults
     ]
     if getattr(training_args, "label_smoothing", 0.0):
         changed.append(f"--label_smoothing {training_args.label_smoothing}")

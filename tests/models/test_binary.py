@@ -12,7 +12,7 @@ from PIL import Image
 from hfseg.config import ModelArguments
 from hfseg.errors import HfsegError
 from hfseg.evaluation.metrics import StreamingSegmentationMetric, foreground_metrics
-from hfseg.models.binary import binary_logits_as_two_classes, export_binary_head
+from hfseg.models.binary import binary_logits_as_two_classes, export_binary_head, resolve_task
 from hfseg.models.build import build_model
 from hfseg.models.losses import build_loss
 
@@ -39,6 +39,35 @@ def test_binary_model_has_one_logit_and_gets_a_bce_loss():
             ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER), task="binary"),
             {0: "a", 1: "b", 2: "c"},
         )
+
+
+def test_a_binary_model_without_a_loss_trains_with_bce_and_a_multiclass_one_with_ce():
+    from test_losses import _Args
+
+    args = _Args()
+    args.loss = None  # the flag's default: the run names no loss
+    assert build_loss(args, _binary_model().config).terms == [("bce", 1.0)]
+    multiclass = build_model(
+        ModelArguments(model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER)), ID2LABEL
+    )
+    assert build_loss(args, multiclass.config).terms == [("ce", 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("id2label", "mask_classification", "loss", "expected"),
+    [
+        (ID2LABEL, False, None, "binary"),
+        (ID2LABEL, False, "focal:1,dice:0.5", "binary"),
+        (ID2LABEL, False, "ce", "multiclass"),  # a softmax loss asks for the two-channel head
+        (ID2LABEL, False, "ce_dice", "multiclass"),
+        (ID2LABEL, True, None, "multiclass"),  # Mask2Former & co. have no one-logit head
+        ({0: "a", 1: "b", 2: "c"}, False, None, "multiclass"),
+        ({0: "background"}, False, None, "multiclass"),
+    ],
+)
+def test_task_auto_is_binary_for_two_classes_a_one_logit_head_can_train(id2label, mask_classification, loss, expected):
+    assert resolve_task("auto", id2label, mask_classification, loss) == expected
+    assert resolve_task("multiclass", ID2LABEL, False, None) == "multiclass"  # an explicit task is kept
 
 
 @pytest.mark.parametrize("quantile", [0.5, 0.3, 0.8])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hfseg.config import BINARY_LOSSES, LOSSES, MULTICLASS_LOSSES, TASKS, parse_loss
+from hfseg.config import BINARY_LOSSES, LOSSES, MULTICLASS_LOSSES, TASKS, default_loss, parse_loss
 from hfseg.errors import HfsegError
 from hfseg.models.losses.class_weights import check_class_weights, class_weights_from_counts, count_label_pixels
 from hfseg.models.losses.lovasz import lovasz_hinge, lovasz_softmax
@@ -23,7 +23,8 @@ class SegmentationLoss(nn.Module):
     """The training loss: `loss(logits, labels, auxiliary_logits=None)`.
 
     Args:
-        loss: terms and weights, e.g. `ce`, `ce_dice` (ce + dice_weight * dice), `ce:1,lovasz:0.5`, `bce,dice`.
+        loss: terms and weights, e.g. `ce`, `ce_dice` (ce + dice_weight * dice), `ce:1,lovasz:0.5`, `bce,dice`;
+            None: ce, or bce for the binary task.
         class_weights: (C,) weights of the ce, ohem and focal terms, or None.
         label_smoothing: cross-entropy label smoothing.
         dice_weight: weight of the Dice term in ce_dice.
@@ -39,7 +40,7 @@ class SegmentationLoss(nn.Module):
 
     def __init__(
         self,
-        loss: str = "ce",
+        loss: str | None = None,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         dice_weight: float = 1.0,
@@ -57,6 +58,7 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         if task not in TASKS:
             raise HfsegError(f"--task: unknown task '{task}'; use one of {', '.join(TASKS)}")
+        loss = loss or default_loss(task)
         self.terms = parse_loss(loss, dice_weight)
         allowed = BINARY_LOSSES if task == "binary" else MULTICLASS_LOSSES
         for name, _ in self.terms:
