@@ -81,3 +81,35 @@ def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_pat
     model, processor = load_for_inference(str(second))  # what `hfseg evaluate` / `hfseg predict` load
     assert is_mask_classification(model) and model.config.num_labels == 2 and not model.training
     assert getattr(processor, "do_reduce_labels", False) is False  # hfseg applies the label spec itself
+
+
+@pytest.mark.slow
+def test_two_processes_log_loss_parts_averaged_like_the_loss(tmp_path, shared_data):
+    """Each process sees other images: the logged parts add up to the logged loss (the mean over processes) only if
+    they are averaged over the processes too, not taken from the first process alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    labels = tmp_path / "id2label.json"
+    labels.write_text(json.dumps(GENERIC_ID2LABEL))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+         str(ROOT / "hfseg" / "finetune.py"),
+         "--model_type", "mask2former", "--config_overrides", json.dumps(TINY_MASK_CLASSIFICATION["mask2former"]),
+         "--data_dir", str(shared_data / "generic_splits"), "--layout", "folder",
+         "--image_suffix", "_img", "--mask_suffix", "_gt", "--id2label_file", str(labels),
+         *run_flags(tmp_path / "out"), "--report_to", "none", "--use_cpu"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    losses, mains, auxiliaries = logged(log, "loss"), logged(log, "loss_main"), logged(log, "loss_aux")
+    assert len(losses) == len(mains) == len(auxiliaries) == 2, log[-3000:]
+    for loss, loss_main, loss_aux in zip(losses, mains, auxiliaries, strict=True):
+        assert loss == pytest.approx(loss_main + loss_aux, rel=2e-3)
