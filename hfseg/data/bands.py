@@ -25,7 +25,7 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: tifffile's axis letters of a band axis: samples, channels, and pages stacked as bands.
 BAND_AXES = "SCQIZ"
 #: PIL modes read as they are (others, e.g. palette or CMYK, are converted to RGB first).
-PIL_BAND_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F", "1")
+PIL_BAND_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1")
 #: PIL modes of more than 8 bits per sample (16-bit, 32-bit integer and float grayscale).
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
