@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from hfseg.config import DataArguments
 from hfseg.data.adapters import build_label_spec, load_source
 from hfseg.data.adapters.base import row_files
+from hfseg.data.bands import read_rgb_bands
 from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.data.preprocess import attach_transform, decode_rgb, encode_pair
 from hfseg.data.transforms import EvalTransform, TrainTransform
@@ -95,6 +96,7 @@ def test_16bit_and_float_images_keep_their_values_on_the_rgb_path(tmp_path):
             {"bytes": None, "path": str(path)}, Image.fromarray(np.zeros((20, 30), np.uint8)), LabelSpec({0: "a"})
         )  # the preview figures and the evaluation gallery: the same values
         np.testing.assert_array_equal(pixels.numpy(), expected, err_msg=name)
+        np.testing.assert_array_equal(read_rgb_bands(str(path)).numpy(), expected, err_msg=name)  # predict, pipeline
     pil_gray = Image.open(tmp_path / "gray16.png")  # an image datasets decoded with PIL (mode I;16)
     np.testing.assert_array_equal(decode_rgb(pil_gray).numpy(), _high_bit_files(tmp_path)["gray16.png"][1])
 
