@@ -199,7 +199,7 @@ def save_outputs(output_dir, trainer, source, spec, eval_transform, metrics, arg
     config_path = save_resolved_config(output_dir, *arguments)
     preview_rows = []
     num_channels = arguments[0].num_channels
-    validation = rows_for(source.dataset["validation"], (source.image_column, source.label_column), num_channels)
+    validation = rows_for(source.dataset["validation"], (source.image_column, source.label_column))
     for index, row in enumerate(itertools.islice(validation, num_preview)):  # streamed sources have no len()
         image, truth = encode_pair(
             row[source.image_column], row[source.label_column], spec, f"validation row {index}", num_channels

@@ -253,6 +253,26 @@ def write_multiband_folder(root, train: int = 4, validation: int = 2, size: int 
     return root
 
 
+def png16_bytes(array) -> bytes:
+    """(H, W) or (H, W, C) uint16 -> a 16-bit PNG (gray, gray+alpha, RGB or RGBA by C), written by hand: Pillow
+    writes 16-bit grayscale only."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint16)
+    height, width = array.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[1 if array.ndim == 2 else array.shape[2]]
+    rows = b"".join(b"\x00" + array[row].astype(">u2").tobytes() for row in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: int = 5):
     """A tiny random-init Mask2Former or MaskFormer (Swin backbone) or EoMT (2-layer ViT), 5 queries, built from
     configs; its class and mask heads scaled up so that its class scores differ across pixels (at init they are

@@ -25,7 +25,10 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: tifffile's axis letters of a band axis: samples, channels, and pages stacked as bands.
 BAND_AXES = "SCQIZ"
 #: PIL modes read as they are (others, e.g. palette or CMYK, are converted to RGB first).
-PIL_BAND_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F", "1")
+PIL_BAND_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1")
+#: PIL modes of more than 8 bits per sample (16-bit, 32-bit integer and float grayscale).
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The largest value of each integer type kept, for scaling to [0, 1] (by name: this module's file reading, which
 #: `hfseg doctor` uses, imports no torch).
 TYPE_MAX = {"torch.uint8": 255.0, "torch.uint16": 65535.0}
@@ -38,6 +41,38 @@ def type_max(dtype) -> float | None:
 
 def is_tiff(data: bytes) -> bool:
     return data[:4] in TIFF_SIGNATURES
+
+
+def is_png16(data: bytes) -> bool:
+    """Whether encoded bytes are a 16-bit PNG (the bit depth in its IHDR header), which PIL reads as 8-bit unless
+    it is grayscale."""
+    return data.startswith(PNG_SIGNATURE) and data[24:25] == b"\x10"
+
+
+def is_high_bit_depth(image) -> bool:
+    """Whether an image (PIL, path or undecoded `datasets.Image` row {'bytes', 'path'}) has more than 8 bits per
+    sample, which PIL's RGB conversion clips or truncates: PIL modes I;16, I and F, 16-bit PNGs, and TIFFs of
+    16-bit, 32-bit or float samples. A PIL image of another mode is checked through its file, when it has one."""
+    if isinstance(image, Image.Image):
+        if image.mode in HIGH_BIT_MODES:
+            return True
+        image = getattr(image, "filename", "") if image.format in ("PNG", "TIFF") else ""
+    data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (None, str(image))
+    if data is None and not (path and os.path.isfile(path)):
+        return False  # no local file: a remote one is opened by datasets' decoder, as 8-bit RGB
+    source = io.BytesIO(data) if data is not None else path
+    if data is None:
+        with open(path, "rb") as file:
+            data = file.read(32)  # the signature, and a PNG's bit depth
+    if is_tiff(data):
+        import tifffile
+
+        with tifffile.TiffFile(source) as tiff:
+            return tiff.series[0].dtype not in (np.uint8, np.bool_)
+    if data.startswith(PNG_SIGNATURE):
+        return is_png16(data)
+    with Image.open(source) as opened:  # reads the header only
+        return opened.mode in HIGH_BIT_MODES
 
 
 def read_bands(image, num_channels: int | None = None, name: str = "image") -> torch.Tensor:
@@ -71,8 +106,9 @@ def band_array(image) -> np.ndarray:
         return image[..., None] if image.ndim == 2 else image
     if isinstance(image, Image.Image):
         filename = getattr(image, "filename", "")
-        if image.format == "TIFF" and filename and os.path.isfile(filename):  # PIL reads one page of a band stack
-            return tiff_array(Path(filename).read_bytes())
+        # PIL reads one page of a TIFF band stack, and 16-bit colour PNGs as 8 bits: read the file itself
+        if image.format in ("TIFF", "PNG") and filename and os.path.isfile(filename):
+            return band_array(filename)
         return pil_array(image)
     if isinstance(image, dict):
         data, path = image.get("bytes"), image.get("path")
@@ -84,7 +120,27 @@ def band_array(image) -> np.ndarray:
         data = Path(path).read_bytes()
     if is_tiff(data):
         return tiff_array(data)
+    if is_png16(data):
+        return png16_array(data)
     return pil_array(Image.open(io.BytesIO(data)))
+
+
+def png16_array(data: bytes) -> np.ndarray:
+    """A 16-bit PNG -> (H, W, C) uint16 with all its bands (gray, gray+alpha, RGB, RGBA), EXIF orientation applied:
+    decoded by torchvision, as PIL reads 16-bit colour PNGs as 8 bits."""
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        bands = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.UNCHANGED,
+            apply_exif_orientation=True,
+        )
+    return bands.permute(1, 2, 0).numpy()
 
 
 def tiff_array(data: bytes) -> np.ndarray:
@@ -121,6 +177,24 @@ def pil_array(image: Image.Image) -> np.ndarray:
     if image.mode.startswith("I;16"):
         array = array.astype(np.uint16)
     return array[..., None] if array.ndim == 2 else array
+
+
+def read_rgb_bands(image, name: str = "image") -> torch.Tensor:
+    """A 16-bit or float image in any of `read_bands`' forms -> (3, H, W) in its own type (uint16 or float32) for
+    a 3-channel model, as PIL's RGB conversion arranges bands: gray repeated, alpha dropped.
+
+    Raises:
+        HfsegError: other than 1-4 bands (gray, gray+alpha, RGB, RGBA), naming the file and --num_channels.
+    """
+    bands = read_bands(image, name=name)
+    if bands.shape[0] in (1, 2):
+        return bands[:1].repeat(3, 1, 1)
+    if bands.shape[0] in (3, 4):
+        return bands[:3]
+    raise HfsegError(
+        f"{_name_of(image, name)} has {bands.shape[0]} band(s) but the model reads 3 (RGB); set --num_channels "
+        f"{bands.shape[0]} to read all of them"
+    )
 
 
 def _supported_type(array: np.ndarray, name: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Rows of a source -> model inputs: decode image and mask, apply the `LabelSpec` once, check, transform.
 
 Attached lazily with `Dataset.with_transform`, so images are decoded only when a batch needs them: images straight
-to uint8 tensors by `torchvision.io.decode_image` (EXIF orientation applied), masks through `LabelSpec` (PIL).
+to uint8 tensors by `torchvision.io.decode_image` (EXIF orientation applied; 16-bit and float images in their own
+type, `read_rgb_bands`), masks through `LabelSpec` (PIL).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from hfseg.data.adapters.base import undecoded
-from hfseg.data.bands import read_bands
+from hfseg.data.bands import is_high_bit_depth, read_bands, read_rgb_bands
 from hfseg.data.checks import inspect_pair
 from hfseg.data.labels import LabelSpec, check_same_size, exif_orientation, load_rgb
 from hfseg.errors import HfsegError
@@ -44,11 +45,14 @@ def describe(image, fallback: str) -> str:
 
 
 def decode_rgb(image) -> torch.Tensor:
-    """An image (PIL, or an undecoded `datasets.Image` row {'bytes', 'path'}) -> (3, H, W) uint8 RGB tensor,
-    EXIF orientation applied.
+    """An image (PIL, or an undecoded `datasets.Image` row {'bytes', 'path'}) -> (3, H, W) RGB tensor, EXIF
+    orientation applied: uint8 for 8-bit images; 16-bit and float images (`is_high_bit_depth`) in their own type,
+    uint16 or float32, gray repeated and alpha dropped (`read_rgb_bands`), scaled at normalisation by the type's
+    maximum as with `--num_channels`.
 
-    JPEG (CMYK too), PNG, WebP and GIF are decoded by torchvision, with the same pixels as PIL; other formats
-    (TIFF, BMP, ...) and 16-bit PNGs through PIL (`load_rgb`).
+    JPEG (CMYK too), PNG (16-bit too), WebP and GIF are decoded by torchvision, with the same pixels as PIL (as
+    `read_rgb_bands` for 16-bit PNGs); other formats (TIFF, BMP, ...) through PIL (`load_rgb`), 16-bit and float
+    TIFFs through `read_rgb_bands`.
     """
     if isinstance(image, dict):
         data = image.get("bytes")
@@ -61,12 +65,18 @@ def decode_rgb(image) -> torch.Tensor:
             tensor = _decode_with_torchvision(data)
             if tensor is not None:
                 return tensor
+            row = {"bytes": data, "path": image.get("path")}
+            if is_high_bit_depth(row):
+                return read_rgb_bands(row)
             image = Image.open(io.BytesIO(data))
+    if is_high_bit_depth(image):
+        return read_rgb_bands(image)
     return TF.pil_to_tensor(load_rgb(image))
 
 
 def _decode_with_torchvision(data: bytes) -> torch.Tensor | None:
-    """(3, H, W) uint8 from encoded bytes, or None for what torchvision does not decode to 8-bit RGB.
+    """(3, H, W) RGB from encoded bytes, uint8 (uint16 for a 16-bit PNG), or None for what torchvision does not
+    decode.
 
     None also for a file torchvision cannot read (truncated, damaged): PIL then reads it or names the problem,
     as it did before torchvision decoded images.
@@ -83,18 +93,20 @@ def _decode_with_torchvision(data: bytes) -> torch.Tensor | None:
             )
         except RuntimeError:
             return None
-    return tensor if tensor.dtype == torch.uint8 else None  # 16-bit PNGs: PIL's 8-bit conversion, as before
+    return tensor
 
 
 def encode_pair(image, mask, spec: LabelSpec, source: str = "sample", num_channels: int | None = None):
-    """PIL image + PIL mask -> (RGB PIL image, (H, W) int64 labels), sizes checked; with `num_channels` other
-    than 3, the image as its (C, H, W) bands (`read_bands`)."""
-    if is_band_input(num_channels):
+    """A row's image + mask (PIL, or undecoded {'bytes', 'path'}) -> (RGB PIL image, (H, W) int64 labels), sizes
+    checked; a 16-bit or float image, and any image with `num_channels` other than 3, as the (C, H, W) tensor
+    training reads (`decode_pair`)."""
+    if is_band_input(num_channels) or is_high_bit_depth(image):
         return decode_pair(image, mask, spec, source, num_channels)
     name = describe(mask, source)
+    image = open_image(image)
     orientation = exif_orientation(image)  # datasets has applied it already; a PIL image opened by path has not
     rgb = load_rgb(image)
-    labels = spec.labels_of(mask, name)
+    labels = spec.labels_of(open_image(mask), name)
     check_same_size(labels.shape, rgb.size, name, describe(image, source), orientation)
     return rgb, labels
 
@@ -102,8 +114,9 @@ def encode_pair(image, mask, spec: LabelSpec, source: str = "sample", num_channe
 def decode_pair(
     image, mask, spec: LabelSpec, source: str = "sample", num_channels: int | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """A row's image + mask (PIL, or undecoded {'bytes', 'path'}) -> ((3, H, W) uint8 RGB tensor, (H, W) int64
-    labels), sizes checked. Masks are read by PIL and decoded by the `LabelSpec` (palettes, 16-bit).
+    """A row's image + mask (PIL, or undecoded {'bytes', 'path'}) -> ((3, H, W) RGB tensor (`decode_rgb`: uint8,
+    or uint16/float32 for 16-bit and float images), (H, W) int64 labels), sizes checked. Masks are read by PIL and
+    decoded by the `LabelSpec` (palettes, 16-bit).
 
     With `num_channels` other than 3 the image is read with its own bands and type: (C, H, W) uint8, uint16 or
     float32 (`hfseg.data.bands.read_bands`).
@@ -119,14 +132,14 @@ def decode_pair(
 
 
 def is_band_input(num_channels: int | None) -> bool:
-    """Whether images are read by band (`read_bands`) rather than as 8-bit RGB (the default, `decode_rgb`)."""
+    """Whether images are read by band (`read_bands`) rather than as RGB (the default, `decode_rgb`)."""
     return num_channels is not None and num_channels != 3
 
 
-def rows_for(dataset, columns: tuple[str, str], num_channels: int | None):
-    """Rows to `encode_pair` one by one: as they are for RGB; with their image files undecoded for band input,
-    which PIL (datasets' decoder) cannot read whole (multi-band, 16-bit TIFFs)."""
-    return undecoded(dataset, columns) if is_band_input(num_channels) else dataset
+def rows_for(dataset, columns: tuple[str, str]):
+    """Rows to `encode_pair` one by one, their image files undecoded: PIL (datasets' decoder) reads 16-bit colour
+    PNGs and TIFFs as 8 bits, and multi-band TIFFs not at all."""
+    return undecoded(dataset, columns)
 
 
 def open_image(image) -> Image.Image:

@@ -191,7 +191,7 @@ def save_worst_images(model, rows, source, spec, transform, options, per_sample_
         return []
     num_channels = getattr(model.config, "num_channels", None)
     columns = (source.image_column, source.label_column)
-    readable = rows_for(rows, columns, num_channels)
+    readable = rows_for(rows, columns)
     pairs = [
         encode_pair(readable[index][columns[0]], readable[index][columns[1]], spec, f"row {index}", num_channels)
         for index, _ in worst

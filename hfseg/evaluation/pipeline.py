@@ -10,7 +10,9 @@
 Returns what `ImageSegmentationPipeline` returns for semantic segmentation: one {"label", "mask", "score": None}
 per class present. Plain `pipeline("image-segmentation", model=...)` keeps working on the same saved RGB models; a
 model of `num_channels` other than 3 takes a file path, a (H, W, C) array or a (C, H, W) tensor here, read with its
-own bands and type and normalised with the saved processor's per-band mean/std.
+own bands and type and normalised with the saved processor's per-band mean/std. A 16-bit or float image (a file path or
+a PIL image) is read as training reads it, in its own type and scaled by the type's maximum, where transformers'
+`load_image` would clip it to 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 from transformers import ImageSegmentationPipeline, pipeline
 from transformers.image_utils import load_image
 
-from hfseg.data.bands import read_bands
+from hfseg.data.bands import is_high_bit_depth, read_bands, read_rgb_bands
 from hfseg.data.labels import load_rgb
 from hfseg.data.preprocess import is_band_input
 from hfseg.evaluation.inference import InferenceOptions, eval_transform_for, logits_at_sizes
@@ -51,6 +53,9 @@ class SegmentationPipeline(ImageSegmentationPipeline):
         num_channels = getattr(self.model.config, "num_channels", None)
         if is_band_input(num_channels):  # a file path, a (H, W, C) array or a (C, H, W) tensor, read by band
             image = read_bands(image, num_channels)
+            target_size = tuple(image.shape[-2:])
+        elif isinstance(image, (str, Image.Image)) and is_high_bit_depth(image):  # a 16-bit or float file or image
+            image = read_rgb_bands(image)
             target_size = tuple(image.shape[-2:])
         else:
             image = load_rgb(load_image(image, timeout=timeout))

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from hfseg.config import SegArgumentParser, SegTrainingArguments
-from hfseg.data.bands import read_bands
+from hfseg.data.bands import is_high_bit_depth, read_bands, read_rgb_bands
 from hfseg.data.checks import read_problem
 from hfseg.data.labels import LabelSpec, load_rgb
 from hfseg.data.preprocess import is_band_input
@@ -157,16 +157,14 @@ def check_inputs_kept(images: list[Path], names: list[Path], output_dir: Path, o
 
 
 def read_image(path: Path, num_channels: int | None = None):
-    """Any image file -> RGB (EXIF orientation applied; 16-bit/float grayscale scaled to 8 bits; first frame);
-    for a model of `num_channels` other than 3, its (C, H, W) bands in their own type (`read_bands`)."""
-    if is_band_input(num_channels):
-        try:
-            return read_bands(path, num_channels)
-        except PermissionError as error:
-            raise HfsegError(str(read_problem(error, str(path)))) from None
-        except (UnidentifiedImageError, OSError, ValueError) as error:  # tifffile's errors are ValueErrors
-            raise HfsegError(f"{path}: cannot read the image ({error})") from None
+    """Any image file -> RGB PIL image (EXIF orientation applied; first frame); a 16-bit or float image as training
+    reads it, (3, H, W) in its own type, scaled at normalisation by the type's maximum (`read_rgb_bands`); for a
+    model of `num_channels` other than 3, its (C, H, W) bands in their own type (`read_bands`)."""
     try:
+        if is_band_input(num_channels):
+            return read_bands(path, num_channels)
+        if is_high_bit_depth(path):
+            return read_rgb_bands(path)
         image = Image.open(path)
         image.load()
     except Image.DecompressionBombError as error:  # Pillow refuses before decoding: one image, not the batch
@@ -175,13 +173,8 @@ def read_image(path: Path, num_channels: int | None = None):
         ) from None
     except PermissionError as error:
         raise HfsegError(str(read_problem(error, str(path)))) from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError) as error:  # tifffile's errors are ValueErrors
         raise HfsegError(f"{path}: cannot read the image ({error})") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        array = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
-        image = Image.fromarray(array.round().astype(np.uint8), mode="L")
     return load_rgb(image)
 
 

@@ -51,6 +51,17 @@ def test_16bit_grayscale_png_keeps_values_above_255(tmp_path):
     np.testing.assert_array_equal(pixels[0].numpy(), gray)
 
 
+def test_16bit_colour_png_keeps_its_16_bits_and_its_alpha(tmp_path):
+    from conftest import png16_bytes
+
+    rgba = np.random.default_rng(2).integers(0, 65536, (12, 10, 4), dtype=np.uint16)
+    (tmp_path / "rgba16.png").write_bytes(png16_bytes(rgba))
+    for image in (str(tmp_path / "rgba16.png"), Image.open(tmp_path / "rgba16.png")):  # PIL alone: 8-bit RGBA
+        pixels = read_bands(image, 4)
+        assert pixels.dtype == torch.uint16
+        np.testing.assert_array_equal(pixels.numpy(), rgba.transpose(2, 0, 1))
+
+
 def test_wrong_band_count_and_signed_pixels_are_named_with_the_fix(multiband, tmp_path):
     path = multiband / "images" / "train" / "001.tif"
     with pytest.raises(HfsegError, match=r"001.tif has 4 band\(s\) but the model reads --num_channels 3; .*"):

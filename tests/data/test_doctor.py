@@ -365,3 +365,31 @@ def test_doctor_stats_prints_numpy_mean_and_std_of_the_train_images(tmp_path, ca
     np.testing.assert_allclose(mean, stacked.mean(axis=(0, 1, 2)), rtol=1e-5)  # printed with 6 digits
     np.testing.assert_allclose(std, stacked.std(axis=(0, 1, 2)), rtol=1e-5)
     assert re.search(r"^num_channels: 4$", out, re.M) and "of the train split (4 images" in out
+
+
+def test_doctor_stats_of_16bit_rgb_pngs_are_on_the_training_scale(tmp_path, capsys):
+    import re
+
+    from conftest import png16_bytes
+
+    rng = np.random.default_rng(0)
+    stored = {"train": [], "val": []}
+    for split, count in (("train", 3), ("val", 1)):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        for index in range(count):
+            rgb = rng.integers(0, 4096, (16, 20, 3), dtype=np.uint16) + np.array([0, 1000, 3000], dtype=np.uint16)
+            (tmp_path / "images" / split / f"{index}.png").write_bytes(png16_bytes(rgb))
+            Image.fromarray(np.zeros((16, 20), dtype=np.uint8)).save(tmp_path / "masks" / split / f"{index}.png")
+            stored[split].append(rgb)
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "background"}))
+    flags = ["--data_dir", str(tmp_path), "--layout", "folder", "--id2label_file", str(tmp_path / "id2label.json")]
+    with pytest.raises(SystemExit):
+        main([*flags, "--stats", "--no_progress"])
+    out = capsys.readouterr().out
+    train = np.stack(stored["train"]).astype(np.float64) / 65535  # training's scale: 16-bit / 65535, not 8 bits
+    mean = [float(v) for v in re.search(r"^image_mean: \[(.*)\]$", out, re.M).group(1).split(", ")]
+    std = [float(v) for v in re.search(r"^image_std: \[(.*)\]$", out, re.M).group(1).split(", ")]
+    np.testing.assert_allclose(mean, train.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(std, train.std(axis=(0, 1, 2)), rtol=1e-5)
+    assert re.search(r"^num_channels: 3$", out, re.M)

@@ -86,3 +86,20 @@ def test_both_pipelines_run_on_a_saved_upernet(tmp_path, image):
     plain = segments_to_mask(pipeline("image-segmentation", model=str(tmp_path))(image), image.size)
     ours = segments_to_mask(segmentation_pipeline(str(tmp_path), mode="slide", crop_size=48)(image), image.size)
     assert plain.min() >= 0 and ours.min() >= 0
+
+
+def test_pipeline_reads_16bit_images_as_training_does(saved_tiny_model, tmp_path):
+    import torch
+    from PIL import Image
+
+    gray = np.random.default_rng(9).integers(0, 65536, (50, 70), dtype=np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(gray).save(path)
+    training = torch.from_numpy(np.stack([gray] * 3))  # (3, 50, 70) uint16: scaled by 65535 at normalisation
+    processor = AutoImageProcessor.from_pretrained(saved_tiny_model)
+    expected_values = eval_transform_for(processor, InferenceOptions().with_input_size(64))(training, None)[0]
+    segmenter = segmentation_pipeline(str(saved_tiny_model))
+    for given in (str(path), Image.open(path)):  # a file path, and a PIL image of mode I;16
+        assert torch.allclose(segmenter.preprocess(given)["pixel_values"][0], expected_values, atol=1e-6)
+        mask = segments_to_mask(segmenter(given), (70, 50))
+        assert np.array_equal(mask, expected_mask(saved_tiny_model, training, InferenceOptions()))

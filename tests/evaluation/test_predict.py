@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hfseg.data.labels import LabelSpec
@@ -59,11 +60,12 @@ def test_predict_writes_palette_masks_at_original_size(saved_tiny_model, image_f
     palette = make_palette(5)
     for path, image, prediction in zip(images, decoded, expected, strict=True):
         relative = path.relative_to(image_folder).with_suffix(".png")
+        size = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])  # 16-bit: tensor
         mask = Image.open(output / relative)
-        assert mask.mode == "P" and mask.size == image.size, relative
+        assert mask.mode == "P" and mask.size == size, relative
         assert np.array_equal(np.asarray(mask), prediction.numpy()), f"{relative}: pixel value = class id"
         assert np.array_equal(np.array(mask.getpalette()[:15]).reshape(5, 3), palette)
-        assert Image.open(output / "overlays" / relative).size == image.size
+        assert Image.open(output / "overlays" / relative).size == size
     assert Image.open(output / "rotated.png").size == (40, 60), "EXIF orientation is applied"
     assert (output / "nested" / "rgba.png").is_file()
 
@@ -77,6 +79,41 @@ def test_predict_slide_tta_on_shared_ade20k_images(saved_tiny_model, shared_data
         assert mask.size == Image.open(path).size
         assert np.asarray(mask).max() < 5
     assert not (tmp_path / "overlays").exists()
+
+
+def test_16bit_images_are_read_and_scaled_as_training_reads_them(saved_tiny_model, tmp_path):
+    import tifffile
+    from conftest import png16_bytes
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    from hfseg.data.preprocess import decode_rgb
+    from hfseg.data.transforms import EvalTransform
+
+    rng = np.random.default_rng(8)
+    gray = rng.integers(0, 4096, (40, 45), dtype=np.uint16)  # a 12-bit sensor: values up to 4095 / 65535
+    rgb = rng.integers(0, 65536, (40, 45, 3), dtype=np.uint16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(gray).save(folder / "gray16.png")
+    (folder / "rgb16.png").write_bytes(png16_bytes(rgb))
+    tifffile.imwrite(folder / "rgb16_tiff.tif", rgb, photometric="rgb")
+    processor = AutoImageProcessor.from_pretrained(saved_tiny_model)
+    mean, std = np.array(processor.image_mean)[:, None, None], np.array(processor.image_std)[:, None, None]
+    paths = sorted(folder.iterdir())
+    for path in paths:
+        image = read_image(path)
+        assert torch.equal(image, decode_rgb({"bytes": None, "path": str(path)})), path.name  # training's pixels
+        values = (np.stack([gray] * 3) if path.name == "gray16.png" else rgb.transpose(2, 0, 1)) / 65535
+        pixel_values = EvalTransform(None, processor.image_mean, processor.image_std)(image, None)[0]
+        np.testing.assert_allclose(pixel_values.numpy(), (values - mean) / std, atol=1e-5, err_msg=path.name)
+    written = predict_main(
+        ["--model", str(saved_tiny_model), "--input", str(folder), "--output", str(tmp_path / "out")]
+    )
+    model = AutoModelForSemanticSegmentation.from_pretrained(saved_tiny_model).eval()
+    transform = eval_transform_for(processor, InferenceOptions().with_input_size(64))
+    expected = predict_masks(model, [decode_rgb({"bytes": None, "path": str(path)}) for path in paths], transform)
+    for mask_path, prediction in zip(written, expected, strict=True):
+        assert np.array_equal(np.asarray(Image.open(mask_path)), prediction.numpy()), mask_path.name
 
 
 def test_unreadable_image_is_named_after_the_others_are_written(saved_tiny_model, tmp_path, capsys):
