@@ -276,3 +276,26 @@ def test_seg_trainer_takes_the_own_loss_as_a_batch_mean_under_accumulation(tmp_p
     assert trainer.model_accepts_loss_kwargs is False and trainer.loss_parts is not None
     with pytest.raises(HfsegError, match="trains with its own loss"):
         SegTrainer(model=model, args=args, loss_fn=lambda logits, labels, auxiliary: logits.sum())
+
+
+def test_oneformer_checkpoint_processor_loses_its_class_info_file(saved_tiny_oneformer, tmp_path):
+    """A Hub OneFormer processor names a class-info file (ADE20K's, fetched from a Hub data set when it loads); hfseg
+    takes the class names from id2label, so the saved processor names none and loads offline with any label set."""
+    import shutil
+
+    from transformers import AutoImageProcessor
+
+    from hfseg.models.build import build_image_processor
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(saved_tiny_oneformer, checkpoint)
+    (checkpoint / "classes.json").write_text(json.dumps({"0": {"name": "wall", "isthing": 0}}))
+    config = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    config.update(class_info_file="classes.json", repo_path=str(checkpoint), num_text=134, num_labels=150)
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(config))
+    processor = build_image_processor(ModelArguments(model_name_or_path=str(checkpoint)))
+    processor.save_pretrained(tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
+    assert not {"class_info_file", "num_text", "num_labels", "metadata"} & set(saved)
+    (checkpoint / "classes.json").unlink()
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "run")).__name__.startswith("OneFormerImageProcessor")
