@@ -299,3 +299,15 @@ def test_oneformer_checkpoint_processor_loses_its_class_info_file(saved_tiny_one
     assert not {"class_info_file", "num_text", "num_labels", "metadata"} & set(saved)
     (checkpoint / "classes.json").unlink()
     assert type(AutoImageProcessor.from_pretrained(tmp_path / "run")).__name__.startswith("OneFormerImageProcessor")
+
+
+def test_oneformer_loss_counts_masks_with_hfseg_average(tiny_clip_tokenizer):
+    """OneFormer's own loss module is found and normalised like the others (one process: the batch's mask count)."""
+    from hfseg.models.mask_classification import average_num_masks, criteria
+
+    model = tiny_mask_classification_model("oneformer", tiny_clip_tokenizer)
+    assert [type(criterion).__name__ for criterion in criteria(model)] == ["OneFormerLoss"]
+    use_average_num_masks(model)
+    assert model.criterion.get_num_masks is average_num_masks
+    class_labels = [torch.zeros(3, dtype=torch.long), torch.zeros(5, dtype=torch.long)]
+    assert model.criterion.get_num_masks(class_labels, torch.device("cpu")).item() == 8.0
