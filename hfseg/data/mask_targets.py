@@ -1,4 +1,5 @@
-"""Semantic maps -> mask-classification targets: one binary mask and one class id per class present.
+"""Semantic maps -> mask-classification targets: one binary mask and one class id per class present (and, for
+OneFormer's contrastive loss, one text query per class present).
 
 Mask2Former, MaskFormer, OneFormer and EoMT train on a set of (class id, binary mask) pairs per image rather than a
 per-pixel label map. Ignored pixels are 0 in every mask and never a class; an image (or crop) that is all ignore has
