@@ -276,10 +276,12 @@ def build_image_processor(model_args):
     else:
         if not model_args.model_name_or_path:
             raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
-        load_segmentation_config(model_args)  # a clear error for a checkpoint that is no segmentation model
+        config = load_segmentation_config(model_args)  # a clear error for a checkpoint that is no segmentation model
         kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
         try:
-            processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
+            processor = AutoImageProcessor.from_pretrained(
+                model_args.model_name_or_path, **kwargs, **processor_overrides(config)
+            )
         except (OSError, ValueError) as error:
             raise HfsegError(
                 f"--model_name_or_path {model_args.model_name_or_path}: cannot load its image processor "
@@ -289,13 +291,19 @@ def build_image_processor(model_args):
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if hasattr(processor, "do_reduce_labels"):
         processor.do_reduce_labels = False
-    if getattr(processor, "class_info_file", None):  # OneFormer: class names come from id2label, not a Hub file
-        processor.class_info_file = processor.num_text = processor.num_labels = None
-        processor.metadata = None
     if getattr(processor, "do_center_crop", False):  # classification checkpoints crop; segmentation must not
         processor.do_center_crop = False
     set_band_normalisation(processor, model_args)
     return processor
+
+
+def processor_overrides(config) -> dict:
+    """Image-processor fields hfseg sets when loading a checkpoint's processor: a OneFormer processor loses its
+    class-info file (ADE20K's or COCO's class names, which it would fetch from a Hub data set as it loads; hfseg takes
+    the names from id2label and builds the text queries itself) and the class and text counts that go with it."""
+    if needs_task_inputs(config):
+        return {"class_info_file": None, "num_text": None, "num_labels": None}
+    return {}
 
 
 def set_band_normalisation(processor, model_args) -> None:
@@ -383,7 +391,7 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
             set_task_inputs(config, load_text_tokenizer(name, "--model", kwargs))
     model = own_aligned_storage(model_class_for(config).from_pretrained(name, config=config, **kwargs))
     try:
-        processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(name, **kwargs, **processor_overrides(config))
     except (OSError, ValueError) as error:
         raise HfsegError(
             f"--model {name}: no image processor ({error}); save it next to the model "

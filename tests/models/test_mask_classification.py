@@ -14,7 +14,7 @@ from conftest import TINY_MASK_CLASSIFICATION, TINY_SEGFORMER
 from hfseg.config import ModelArguments
 from hfseg.data.collate import collate_segmentation
 from hfseg.errors import HfsegError
-from hfseg.models.build import build_model, build_tokenizer, is_mask_classification
+from hfseg.models.build import build_model, build_tokenizer, is_mask_classification, load_for_inference
 from hfseg.models.mask_classification import (
     LossParts,
     check_mask_classification_options,
@@ -279,26 +279,24 @@ def test_seg_trainer_takes_the_own_loss_as_a_batch_mean_under_accumulation(tmp_p
 
 
 def test_oneformer_checkpoint_processor_loses_its_class_info_file(saved_tiny_oneformer, tmp_path):
-    """A Hub OneFormer processor names a class-info file (ADE20K's, fetched from a Hub data set when it loads); hfseg
-    takes the class names from id2label, so the saved processor names none and loads offline with any label set."""
+    """A Hub OneFormer processor names a class-info file in a Hub data set (shi-labs/oneformer_demo), which
+    transformers downloads as the processor loads; hfseg takes the class names from id2label, so it loads the
+    processor without it (no download: the test fails on any connection) and the saved processor names none."""
     import shutil
-
-    from transformers import AutoImageProcessor
 
     from hfseg.models.build import build_image_processor
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(saved_tiny_oneformer, checkpoint)
-    (checkpoint / "classes.json").write_text(json.dumps({"0": {"name": "wall", "isthing": 0}}))
     config = json.loads((checkpoint / "preprocessor_config.json").read_text())
-    config.update(class_info_file="classes.json", repo_path=str(checkpoint), num_text=134, num_labels=150)
-    (checkpoint / "preprocessor_config.json").write_text(json.dumps(config))
+    config.update(class_info_file="ade20k_panoptic.json", repo_path="shi-labs/oneformer_demo", num_text=134)
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps({**config, "num_labels": 150}))
     processor = build_image_processor(ModelArguments(model_name_or_path=str(checkpoint)))
     processor.save_pretrained(tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
     assert not {"class_info_file", "num_text", "num_labels", "metadata"} & set(saved)
-    (checkpoint / "classes.json").unlink()
-    assert type(AutoImageProcessor.from_pretrained(tmp_path / "run")).__name__.startswith("OneFormerImageProcessor")
+    _, loaded = load_for_inference(str(checkpoint))  # hfseg evaluate / predict on such a checkpoint
+    assert type(loaded).__name__.startswith("OneFormerImageProcessor") and loaded.class_info_file is None
 
 
 def test_oneformer_loss_counts_masks_with_hfseg_average(tiny_clip_tokenizer):
