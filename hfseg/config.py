@@ -88,6 +88,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Per-band normalisation std, in the units of --image_mean; `hfseg doctor --stats`."},
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "OneFormer only: the CLIP tokenizer of its task and text inputs (a Hub id or a folder, e.g. "
+            "shi-labs/oneformer_ade20k_swin_tiny); default: the --model_name_or_path checkpoint's. Saved with the run."
+        },
+    )
     # --- training ---
     backbone_name_or_path: str | None = field(
         default=None,

@@ -35,6 +35,7 @@ from hfseg.models.binary import check_binary_options, export_binary_head, resolv
 from hfseg.models.build import (
     build_image_processor,
     build_model,
+    build_tokenizer,
     builds_mask_classification,
     is_mask_classification,
     processor_input_size,
@@ -51,7 +52,7 @@ from hfseg.models.lora import (
     write_parameter_counts,
 )
 from hfseg.models.losses import build_loss, training_masks
-from hfseg.models.mask_classification import check_mask_classification_options
+from hfseg.models.mask_classification import check_mask_classification_options, text_queries_for
 from hfseg.models.vit_backbone import align_sizes_to_patch
 from hfseg.training.checkpoints import mark_complete, mark_incomplete, prepare_output_dir, save_final_model
 from hfseg.training.interrupts import train
@@ -117,15 +118,18 @@ def run(model_args, data_args, training_args) -> dict:
     # Model -> trainer.
     model = build_model(model_args, spec.id2label, data_args.ignore_index)
     spec.save_to_config(model.config)  # config.json carries the label handling to evaluate, predict and the Hub
+    tokenizer = build_tokenizer(model_args, model.config)  # OneFormer: its task (and text) inputs; None for others
     method = training_method(model_args, training_args)
     if method == "lora":  # adapters on the encoder, heads in full; merged back into a plain model after training
         model = apply_lora(
             model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
         )
     mask_classification = is_mask_classification(model)  # Mask2Former & co.: their own loss on per-class masks
+    text_queries = None
     if mask_classification:
         check_mask_classification_options(model.config.model_type, model_args.task, training_args)
         loss_fn = None
+        text_queries = text_queries_for(model.config, tokenizer, spec.id2label)  # OneFormer's contrastive loss
     else:
         train_masks = training_masks(
             source.dataset["train"], source.label_column, spec, training_args.class_weighting_samples
@@ -137,7 +141,10 @@ def run(model_args, data_args, training_args) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=functools.partial(
-            collate_segmentation, ignore_index=data_args.ignore_index, mask_targets=mask_classification
+            collate_segmentation,
+            ignore_index=data_args.ignore_index,
+            mask_targets=mask_classification,
+            text_queries=text_queries,
         ),
         compute_metrics=TrainerSegmentationMetrics(
             spec.id2label, data_args.ignore_index, foreground=model_args.task == "binary"
@@ -146,6 +153,7 @@ def run(model_args, data_args, training_args) -> dict:
         ignore_index=data_args.ignore_index,
         inference_options=inference_options,
         loss_fn=loss_fn,
+        text_tokenizer=tokenizer,
     )
     counts = parameter_counts(trainer.model, method)  # after SegTrainer froze the encoder, if asked
     logger.info("trainable parameters: %d of %d (%.2f%%, %s)", counts["trainable"], counts["total"],

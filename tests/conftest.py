@@ -101,7 +101,40 @@ TINY_MASK_CLASSIFICATION = {
         "num_blocks": 1, "patch_size": 16, "image_size": 64, "num_queries": 8, "num_upscale_blocks": 2,
         "train_num_points": 64, "num_register_tokens": 0,
     },
+    # is_training: with its text encoder and query-text contrastive loss. Its text queries are projected to hidden_dim
+    # and joined with prompt embeddings of text_encoder_width, so the two must be equal (64: one attention head);
+    # conv_dim and mask_dim too (`check_oneformer_config`; the query projection reads the mask features).
+    "oneformer": {
+        "backbone_config": TINY_SWIN_BACKBONE, "conv_dim": 64, "mask_dim": 64, "hidden_dim": 64,
+        "encoder_feedforward_dim": 64, "encoder_layers": 1, "decoder_layers": 3, "query_dec_layers": 1,
+        "num_attention_heads": 2, "dim_feedforward": 64, "num_queries": 8, "train_num_points": 64,
+        "is_training": True, "task_seq_len": 24, "text_encoder_context_length": 24, "text_encoder_width": 64,
+        "text_encoder_num_layers": 1, "text_encoder_vocab_size": 600, "text_encoder_n_ctx": 2,
+    },
 }  # fmt: skip
+
+
+def write_tiny_clip_tokenizer(directory) -> Path:
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols, alone and word-final (`</w>`), and the two special
+    tokens (514 ids, no merges: one token per character), as vocab.json + merges.txt + tokenizer_config.json."""
+    import json
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab = [*symbols, *(symbol + "</w>" for symbol in symbols), "<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer"}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer(tmp_path_factory) -> Path:
+    """The folder of a tiny CLIP tokenizer (`write_tiny_clip_tokenizer`), for OneFormer's task and text inputs."""
+    return write_tiny_clip_tokenizer(tmp_path_factory.mktemp("tiny_clip_tokenizer"))
 
 
 @pytest.fixture(autouse=True)
@@ -273,10 +306,11 @@ def png16_bytes(array) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: int = 5):
-    """A tiny random-init Mask2Former or MaskFormer (Swin backbone) or EoMT (2-layer ViT), 5 queries, built from
-    configs; its class and mask heads scaled up so that its class scores differ across pixels (at init they are
-    near uniform)."""
+def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: int = 5, tokenizer_dir=None):
+    """A tiny random-init Mask2Former, MaskFormer or OneFormer (Swin backbone) or EoMT (2-layer ViT), 5 queries, built
+    from configs; its class and mask heads scaled up so that its class scores differ across pixels (at init they are
+    near uniform). OneFormer (for inference: `is_training` false) takes its task inputs from the CLIP tokenizer in
+    `tokenizer_dir`."""
     import torch
     from transformers import (
         DetrConfig,
@@ -308,6 +342,16 @@ def tiny_mask_classification_model(model_type: str = "mask2former", num_labels: 
             encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=5, **labels,
         )  # fmt: skip
         return _with_spread_heads(Mask2FormerForUniversalSegmentation(config), mask_scale=6.0)
+    if model_type == "oneformer":
+        from transformers import OneFormerConfig, OneFormerForUniversalSegmentation
+
+        from hfseg.models.build import load_text_tokenizer
+        from hfseg.models.mask_classification import set_task_inputs
+
+        tiny = {key: value for key, value in TINY_MASK_CLASSIFICATION["oneformer"].items() if key != "backbone_config"}
+        config = OneFormerConfig(backbone_config=swin, **{**tiny, "is_training": False, "num_queries": 5}, **labels)
+        set_task_inputs(config, load_text_tokenizer(str(tokenizer_dir), "--tokenizer_name_or_path", {}))
+        return _with_spread_heads(OneFormerForUniversalSegmentation(config), mask_scale=30.0)
     decoder = DetrConfig(
         d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
         encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5,
@@ -324,9 +368,9 @@ def _with_spread_heads(model, mask_scale: float, class_scale: float = 30.0):
 
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("weight") and "class_predictor" in name:
+            if name.endswith("weight") and ("class_predictor" in name or "class_embed" in name):
                 parameter.mul_(class_scale)
-            elif name.endswith("weight") and ("mask_embedder" in name or "mask_head" in name):  # each of its 3 layers
+            elif name.endswith("weight") and ("mask_embed" in name or "mask_head" in name):  # each of its 3 layers
                 parameter.mul_(mask_scale)
     return model
 
@@ -352,3 +396,30 @@ def saved_tiny_mask2former(tmp_path_factory):
     from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 
     return save_tiny_mask2former(tmp_path_factory.mktemp("tiny_mask2former"), SYNTHETIC_ID2LABEL)
+
+
+def save_tiny_oneformer(directory, id2label: dict[int, str], tokenizer_dir, image_size: int = 64):
+    """A tiny random-init OneFormer saved as `hfseg finetune` saves one: model (config with its task token ids),
+    image processor and the CLIP tokenizer hfseg loads (padding with id 0)."""
+    from transformers import OneFormerImageProcessor
+
+    from hfseg.models.build import load_text_tokenizer
+
+    model = tiny_mask_classification_model("oneformer", len(id2label), tokenizer_dir=tokenizer_dir)
+    model.config.id2label = {int(k): v for k, v in id2label.items()}
+    model.config.label2id = {v: int(k) for k, v in id2label.items()}
+    model.save_pretrained(directory)
+    processor = OneFormerImageProcessor(
+        size={"height": image_size, "width": image_size}, do_reduce_labels=False, ignore_index=255
+    )
+    processor.save_pretrained(directory)
+    load_text_tokenizer(str(tokenizer_dir), "--tokenizer_name_or_path", {}).save_pretrained(directory)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_oneformer(tmp_path_factory, tiny_clip_tokenizer):
+    """A saved tiny OneFormer for the synthetic classes, with its tokenizer."""
+    from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
+
+    return save_tiny_oneformer(tmp_path_factory.mktemp("tiny_oneformer"), SYNTHETIC_ID2LABEL, tiny_clip_tokenizer)

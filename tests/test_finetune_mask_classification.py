@@ -1,6 +1,7 @@
-"""End to end for mask-classification models: a tiny Mask2Former, MaskFormer and EoMT each train 2 steps through
-`hfseg finetune` on real sample data with their own loss (main and auxiliary parts logged), and the saved run is
-fine-tuned again onto another label set (ISBI EM, whose 255 is a class)."""
+"""End to end for mask-classification models: a tiny Mask2Former, MaskFormer, OneFormer and EoMT each train 2 steps
+through `hfseg finetune` on real sample data with their own loss (main and auxiliary parts logged), and the saved run
+is fine-tuned again onto another label set (ISBI EM, whose 255 is a class). OneFormer's run, with its tokenizer,
+loads in transformers' pipeline."""
 
 import json
 import math
@@ -31,7 +32,10 @@ def logged(text: str, name: str) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(TINY_MASK_CLASSIFICATION))
-def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_path, shared_data, capsys):
+def test_trains_with_its_own_loss_then_takes_a_new_label_set(
+    model_type, tmp_path, shared_data, capsys, tiny_clip_tokenizer
+):
+    tokenizer = ["--tokenizer_name_or_path", str(tiny_clip_tokenizer)] if model_type == "oneformer" else []
     generic_labels = tmp_path / "generic_id2label.json"
     generic_labels.write_text(json.dumps(GENERIC_ID2LABEL))
     first = tmp_path / "first"
@@ -40,7 +44,7 @@ def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_pat
             "--model_type", model_type, "--config_overrides", json.dumps(TINY_MASK_CLASSIFICATION[model_type]),
             "--data_dir", str(shared_data / "generic_splits"), "--layout", "folder",
             "--image_suffix", "_img", "--mask_suffix", "_gt", "--id2label_file", str(generic_labels),
-            *run_flags(first),
+            *tokenizer, *run_flags(first),
         ]
     )  # fmt: skip
     log = capsys.readouterr()
@@ -54,6 +58,9 @@ def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_pat
     assert 0.0 <= results["eval_mean_iou"] <= 1.0 and math.isfinite(results["eval_loss"])
     config = json.loads((first / "config.json").read_text())
     assert config["model_type"] == model_type and config["id2label"] == GENERIC_ID2LABEL
+    if model_type == "oneformer":  # saved to run on pixels and task inputs alone; trained with the text encoder
+        assert config["is_training"] is False and len(config["hfseg_task_inputs"]) == config["task_seq_len"]
+        assert (first / "tokenizer.json").is_file()
 
     em_labels = tmp_path / "em_id2label.json"
     em_labels.write_text(json.dumps(EM_ID2LABEL))
@@ -74,13 +81,21 @@ def test_trains_with_its_own_loss_then_takes_a_new_label_set(model_type, tmp_pat
 
     with safe_open(str(second / "model.safetensors"), "pt") as weights:
         names = list(weights.keys())  # noqa: SIM118 (safe_open is not iterable)
-        classifier = [name for name in names if "class_predictor" in name and name.endswith("weight")]
+        classifier = [name for name in names if re.search(r"class_(predictor|embed)\.weight$", name)]
         assert classifier and all(weights.get_slice(name).get_shape()[0] == 3 for name in classifier)  # 2 + none
     results = json.loads((second / "eval_results.json").read_text())
     assert len(results["eval_per_category_iou"]) == 2
     model, processor = load_for_inference(str(second))  # what `hfseg evaluate` / `hfseg predict` load
     assert is_mask_classification(model) and model.config.num_labels == 2 and not model.training
     assert getattr(processor, "do_reduce_labels", False) is False  # hfseg applies the label spec itself
+    if model_type == "oneformer":
+        from PIL import Image
+        from transformers import pipeline
+
+        image = Image.open(shared_data / "isbi_em" / "train" / "image" / "0.png").convert("RGB")
+        segments = pipeline("image-segmentation", model=str(second))(image, subtask="semantic")
+        assert segments and {segment["label"] for segment in segments} <= set(EM_ID2LABEL.values())
+        assert all(segment["mask"].size == image.size for segment in segments)
 
 
 @pytest.mark.slow

@@ -5,7 +5,13 @@ import json
 
 import pytest
 import yaml
-from conftest import TINY_SEGFORMER, TINY_UPERNET, TINY_UPERNET_SWIN
+from conftest import (
+    TINY_MASK_CLASSIFICATION,
+    TINY_SEGFORMER,
+    TINY_UPERNET,
+    TINY_UPERNET_SWIN,
+    write_tiny_clip_tokenizer,
+)
 
 from hfseg.config import RECIPES_DIR, load_recipe, parse_args
 
@@ -41,6 +47,8 @@ def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
     name = recipe.get("model_name_or_path") or recipe.get("model_type")
     if "eomt" in name:
         return "eomt", TINY_EOMT
+    if "oneformer" in name:
+        return "oneformer", TINY_MASK_CLASSIFICATION["oneformer"]
     if "mobilenet_v2" in name:
         return "mobilenet_v2", TINY_MOBILENET_V2
     assert "mit-b" in name or name == "segformer", f"no tiny stand-in for {name}"
@@ -50,7 +58,10 @@ def tiny_stand_in(recipe: dict) -> tuple[str, dict]:
 def smoke_args(name: str, output_dir) -> list[str]:
     recipe = load_recipe(name)
     model_type, overrides = tiny_stand_in(recipe)
-    return [
+    tokenizer = []  # OneFormer's CLIP tokenizer, a tiny one
+    if model_type == "oneformer":
+        tokenizer = ["--tokenizer_name_or_path", str(write_tiny_clip_tokenizer(f"{output_dir}_tokenizer"))]
+    return [*tokenizer,
         "--recipe", name, "--model_type", model_type, "--config_overrides", json.dumps(overrides),
         "--model_name_or_path", "", "--backbone_name_or_path", "",
         "--data_dir", "", "--layout", "", "--dataset_name", "synthetic",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from hfseg.data.mask_targets import batch_mask_targets
+from hfseg.data.mask_targets import TextQueries, batch_mask_targets
 
 
 def collate_segmentation(
-    examples: list[dict], ignore_index: int = 255, mask_targets: bool = False
+    examples: list[dict], ignore_index: int = 255, mask_targets: bool = False, text_queries: TextQueries | None = None
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Examples {pixel_values (3, h, w), labels (H_i, W_i)} -> batch.
 
@@ -19,7 +19,8 @@ def collate_segmentation(
         aspect ratio) are padded with 0 at the bottom/right and `pixel_sizes` (B, 2) gives their own sizes.
         With `mask_targets` (mask-classification models), also `mask_labels` [(K_i, max H, max W)] and
         `class_labels` [(K_i,)]: per-image lists of the padded labels' binary masks and class ids
-        (`hfseg.data.mask_targets`).
+        (`hfseg.data.mask_targets`). With `text_queries` (OneFormer trained with its contrastive loss), also
+        `text_inputs` (B, num_text, context_length): the token ids of each image's text queries.
     """
     pixel_values, pixel_sizes = pad_pixel_values([example["pixel_values"] for example in examples])
     batch = {"pixel_values": pixel_values}
@@ -37,6 +38,8 @@ def collate_segmentation(
     batch["label_sizes"] = sizes
     if mask_targets:  # from the padded labels, so the masks line up with the padded images
         batch.update(batch_mask_targets(list(padded), ignore_index))
+        if text_queries is not None:
+            batch["text_inputs"] = text_queries(batch["class_labels"])
     return batch
 
 

@@ -9,7 +9,7 @@
   size, are averaged (as mmsegmentation's `SegTTAModel`). Several views return log-probabilities, which
   are valid logits (argmax and cross-entropy act on them as on logits).
 
-Mask-classification models (Mask2Former, MaskFormer, EoMT) have no per-pixel logits: their "logits" here are
+Mask-classification models (Mask2Former, MaskFormer, OneFormer, EoMT) have no per-pixel logits: their "logits" here are
 per-pixel class scores (`mask_class_scores`), non-negative, upsampled, averaged and argmax'ed like logits; TTA
 averages their per-pixel normalised scores and returns that mean.
 """
@@ -27,6 +27,7 @@ from hfseg.data.collate import pad_pixel_values
 from hfseg.errors import HfsegError
 from hfseg.evaluation.metrics import upsample_logits
 from hfseg.models.build import is_mask_classification
+from hfseg.models.mask_classification import with_task_inputs
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -128,12 +129,7 @@ def forward_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
     if not is_mask_classification(model):
         return model(pixel_values=pixel_values).logits
     model_type = model.config.model_type
-    if model_type == "oneformer":
-        raise HfsegError(
-            "OneFormer needs text task inputs (its processor's tokenizer) that hfseg's inference does not build; "
-            "use a Mask2Former, MaskFormer or EoMT checkpoint"
-        )
-    outputs = model(pixel_values=pixel_values)
+    outputs = model(**with_task_inputs(model, {"pixel_values": pixel_values}))  # OneFormer: "the task is semantic"
     size = tuple(pixel_values.shape[-2:]) if model_type in SCORES_AT_INPUT_SIZE else None
     return mask_class_scores(outputs.class_queries_logits, outputs.masks_queries_logits, size)
 

@@ -69,6 +69,7 @@ def hub_sources(model_args, data_args) -> list[tuple[str, str]]:
         sources.append(("--backbone_name_or_path", getattr(model_args, "backbone_name_or_path", None)))
     else:
         sources.append(("--model_name_or_path", model_args.model_name_or_path))
+    sources.append(("--tokenizer_name_or_path", getattr(model_args, "tokenizer_name_or_path", None)))
     return [(flag, name) for flag, name in sources if name and not is_local(name) and _is_repo_id(name)]
 
 
@@ -98,8 +99,8 @@ def require_hub_sources(sources: list[tuple[str, str]], revision: str = "main") 
 
 
 def _in_cache(flag: str, name: str, revision: str) -> bool:
-    """Whether the libraries can load `name` offline: a model's config.json in the Hub cache; a data set in
-    datasets' own cache (what `load_dataset` falls back to with HF_HUB_OFFLINE=1)."""
+    """Whether the libraries can load `name` offline: a model's config.json (a tokenizer's tokenizer_config.json) in
+    the Hub cache; a data set in datasets' own cache (what `load_dataset` falls back to with HF_HUB_OFFLINE=1)."""
     if flag == "--dataset_name":
         from datasets.load import CachedDatasetModuleFactory
 
@@ -112,7 +113,8 @@ def _in_cache(flag: str, name: str, revision: str) -> bool:
         return True
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    file = "tokenizer_config.json" if flag == "--tokenizer_name_or_path" else "config.json"
+    return isinstance(try_to_load_from_cache(name, file, revision=revision), str)
 
 
 def _unavailable_message(missing: list[tuple[str, str]]) -> str:

@@ -39,7 +39,7 @@ logger = logging.getLogger("hfseg")
 PUSH_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json",
     "processor_config.json", CARD_NAME, "eval_results.json", "predictions.png", "training_curves.png",
-    "hfseg_config.yaml",
+    "hfseg_config.yaml", "tokenizer.json", "tokenizer_config.json",  # OneFormer's CLIP tokenizer
 )  # fmt: skip
 # Left in the repo root by Trainer's own checkpoint pushes (--hub_strategy every_save); removed by the final push.
 STALE_PATTERNS = ["training_args.bin", "pytorch_model*.bin"]

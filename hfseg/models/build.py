@@ -22,6 +22,12 @@ from hfseg.errors import HfsegError
 from hfseg.hub.network import require_hub
 from hfseg.models.binary import binary_id2label
 from hfseg.models.channels import adapt_model_input_channels
+from hfseg.models.mask_classification import (
+    TASK_INPUTS_ATTRIBUTE,
+    check_oneformer_config,
+    needs_task_inputs,
+    set_task_inputs,
+)
 from hfseg.models.param_groups import ENCODER_PATHS
 from hfseg.models.vit_backbone import backbone_config_with_layers, out_features_for
 
@@ -102,6 +108,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
         if backbone is None and isinstance(overrides.get("backbone_config"), dict):
             overrides["backbone_config"] = backbone_config_with_layers(overrides["backbone_config"], out_indices)
         config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
+        check_oneformer_config(config)
         model = model_class_for(config).from_config(config)
         if backbone is not None:
             encoder = model.get_submodule(ENCODER_PATHS.get(config.model_type, "backbone"))
@@ -114,6 +121,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     config = load_segmentation_config(model_args, overrides)
     for key, value in labels.items():
         setattr(config, key, value)
+    check_oneformer_config(config)
     model = model_class_for(config).from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
     )
@@ -205,6 +213,66 @@ def _unsupported_message(model_type: str) -> str:
     )
 
 
+def build_tokenizer(model_args, config):
+    """OneFormer's CLIP tokenizer (None for other models), from `--tokenizer_name_or_path` or else the
+    `--model_name_or_path` checkpoint; the semantic task's token ids go into `config` (`set_task_inputs`).
+
+    Raises:
+        HfsegError: a OneFormer without a tokenizer to load, a tokenizer that does not load, or one whose ids do not
+            fit the model's text encoder; `--tokenizer_name_or_path` for a model that reads no text.
+    """
+    name = getattr(model_args, "tokenizer_name_or_path", None)
+    if not needs_task_inputs(config):
+        if name:
+            raise HfsegError(
+                f"--tokenizer_name_or_path {name}: a {config.model_type} model reads no text (only OneFormer's task "
+                "and text inputs are tokenized); drop the flag"
+            )
+        return None
+    flag = "--tokenizer_name_or_path"
+    kwargs = {"trust_remote_code": model_args.trust_remote_code}
+    if not name and not model_args.model_type:
+        flag, name = "--model_name_or_path", model_args.model_name_or_path
+        kwargs["revision"] = model_args.revision
+    if not name:
+        raise HfsegError(
+            '--model_type oneformer: its forward pass needs `task_inputs`, the text "the task is semantic" '
+            "tokenized by a CLIP tokenizer; pass --tokenizer_name_or_path (a OneFormer checkpoint such as "
+            "shi-labs/oneformer_ade20k_swin_tiny, or a folder with its tokenizer files)"
+        )
+    tokenizer = load_text_tokenizer(name, flag, kwargs)
+    if getattr(config, "is_training", False) and len(tokenizer) > config.text_encoder_vocab_size:
+        raise HfsegError(
+            f"{flag} {name}: its {len(tokenizer)} tokens do not fit the text encoder's text_encoder_vocab_size="
+            f"{config.text_encoder_vocab_size}; use the model's own tokenizer or set text_encoder_vocab_size in "
+            "--config_overrides"
+        )
+    set_task_inputs(config, tokenizer)
+    return tokenizer
+
+
+def load_text_tokenizer(name: str, flag: str, kwargs: dict):
+    """`AutoTokenizer.from_pretrained(name)`, padding with id 0.
+
+    OneFormer's processor pads its token ids with 0 (ids x attention mask), as the authors' tokenizer did;
+    transformers' image-segmentation pipeline pads the task text with the tokenizer's pad id instead (CLIP's is
+    `<|endoftext|>`, the last id), which OneFormer reads as a different task token. With the token of id 0 as the pad
+    token, the tokenizer saved with a run gives the pipeline the task inputs the model was trained with.
+    """
+    from transformers import AutoTokenizer
+
+    require_hub(flag, name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise HfsegError(
+            f"{flag} {name}: cannot load a tokenizer ({str(error).splitlines()[0]}); OneFormer needs its CLIP "
+            "tokenizer: pass --tokenizer_name_or_path with a checkpoint or folder that has tokenizer files"
+        ) from None
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    return tokenizer
+
+
 def build_image_processor(model_args):
     """The checkpoint's image processor (or a fresh one for `model_type`), sized and with label reduction off:
     hfseg's adapters apply the label spec themselves, exactly once."""
@@ -215,10 +283,12 @@ def build_image_processor(model_args):
     else:
         if not model_args.model_name_or_path:
             raise HfsegError("no model given: pass --model_name_or_path (Hub id or directory) or --model_type")
-        load_segmentation_config(model_args)  # a clear error for a checkpoint that is no segmentation model
+        config = load_segmentation_config(model_args)  # a clear error for a checkpoint that is no segmentation model
         kwargs = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
         try:
-            processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
+            processor = AutoImageProcessor.from_pretrained(
+                model_args.model_name_or_path, **kwargs, **processor_overrides(config)
+            )
         except (OSError, ValueError) as error:
             raise HfsegError(
                 f"--model_name_or_path {model_args.model_name_or_path}: cannot load its image processor "
@@ -232,6 +302,15 @@ def build_image_processor(model_args):
         processor.do_center_crop = False
     set_band_normalisation(processor, model_args)
     return processor
+
+
+def processor_overrides(config) -> dict:
+    """Image-processor fields hfseg sets when loading a checkpoint's processor: a OneFormer processor loses its
+    class-info file (ADE20K's or COCO's class names, which it would fetch from a Hub data set as it loads; hfseg takes
+    the names from id2label and builds the text queries itself) and the class and text counts that go with it."""
+    if needs_task_inputs(config):
+        return {"class_info_file": None, "num_text": None, "num_labels": None}
+    return {}
 
 
 def set_band_normalisation(processor, model_args) -> None:
@@ -313,9 +392,13 @@ def load_for_inference(name: str, revision: str = "main", trust_remote_code: boo
         check_saved_model(name)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = segmentation_config(name, "--model", kwargs, fix="pass a saved model directory or a Hub id")
+    if needs_task_inputs(config):
+        config.is_training = False  # inference: no text encoder, no dropout
+        if getattr(config, TASK_INPUTS_ATTRIBUTE, None) is None:  # a OneFormer checkpoint not saved by hfseg
+            set_task_inputs(config, load_text_tokenizer(name, "--model", kwargs))
     model = own_aligned_storage(model_class_for(config).from_pretrained(name, config=config, **kwargs))
     try:
-        processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(name, **kwargs, **processor_overrides(config))
     except (OSError, ValueError) as error:
         raise HfsegError(
             f"--model {name}: no image processor ({error}); save it next to the model "

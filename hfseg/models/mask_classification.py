@@ -4,25 +4,112 @@ per-pixel class scores from their (class, mask) query outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
 from torch import nn
 
+from hfseg.data.mask_targets import SEMANTIC_TASK_TEXT, TextQueries, text_token_ids
 from hfseg.errors import HfsegError
 
 # Loss keys of the auxiliary (intermediate decoder layer) terms: `loss_dice_3`, `loss_cross_entropy_0`, ...
 AUXILIARY_LOSS_KEY = re.compile(r"_\d+$")
+#: Config attribute (saved in config.json) holding OneFormer's `task_inputs` for semantic segmentation: the token ids
+#: of "the task is semantic", padded with 0 to `task_seq_len`, so that any code holding the model can run it.
+TASK_INPUTS_ATTRIBUTE = "hfseg_task_inputs"
+
+
+def check_oneformer_config(config) -> None:
+    """Refuse a OneFormer config whose input projections would be lost: transformers' `OneFormerTransformerModule`
+    keeps them in a plain list, outside the state dict, so when `conv_dim != hidden_dim` (or `enforce_input_proj`)
+    they are neither saved nor loaded, and a reloaded model computes with uninitialised weights."""
+    if not needs_task_inputs(config):
+        return
+    if config.conv_dim != config.hidden_dim or config.enforce_input_proj:
+        raise HfsegError(
+            f"OneFormer config: conv_dim={config.conv_dim}, hidden_dim={config.hidden_dim}, enforce_input_proj="
+            f"{config.enforce_input_proj}: transformers keeps the input projections this needs outside the model's "
+            "weights (never saved nor loaded); set conv_dim equal to hidden_dim and enforce_input_proj false in "
+            "--config_overrides"
+        )
+
+
+def needs_task_inputs(model_or_config) -> bool:
+    """Whether the model's forward pass needs `task_inputs` (OneFormer)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) == "oneformer"
+
+
+def set_task_inputs(config, tokenizer) -> None:
+    """Store the semantic task's token ids (`OneFormerProcessor`'s `task_inputs` for "semantic") in `config`."""
+    ids = text_token_ids(tokenizer, [SEMANTIC_TASK_TEXT], config.task_seq_len)[0]
+    setattr(config, TASK_INPUTS_ATTRIBUTE, ids.tolist())
+
+
+def with_task_inputs(model, inputs: dict) -> dict:
+    """`inputs` (with `pixel_values` (B, C, H, W)) plus, for OneFormer, `task_inputs` (B, task_seq_len) from its
+    config; other models' inputs are returned as they are.
+
+    Raises:
+        HfsegError: a OneFormer whose config has no task token ids (not loaded through hfseg with its tokenizer).
+    """
+    if not needs_task_inputs(model):
+        return inputs
+    ids = getattr(model.config, TASK_INPUTS_ATTRIBUTE, None)
+    if ids is None:
+        raise HfsegError(
+            f'this OneFormer model\'s config has no {TASK_INPUTS_ATTRIBUTE} (the token ids of "{SEMANTIC_TASK_TEXT}" '
+            "that its forward pass needs); load it with hfseg.models.build.load_for_inference, or fine-tune it with "
+            "hfseg finetune, which read its CLIP tokenizer"
+        )
+    pixel_values = inputs["pixel_values"]
+    task_inputs = torch.tensor(ids, device=pixel_values.device).expand(pixel_values.shape[0], -1)
+    return {**inputs, "task_inputs": task_inputs}
+
+
+def text_queries_for(config, tokenizer, id2label: dict[int, str]) -> TextQueries | None:
+    """The text queries of OneFormer's contrastive loss, which it computes when `config.is_training`; else None."""
+    if tokenizer is None or not needs_task_inputs(config) or not getattr(config, "is_training", False):
+        return None
+    num_text = config.num_queries - config.text_encoder_n_ctx  # the text encoder's prompt fills the other queries
+    return TextQueries(tokenizer, id2label, num_text, config.text_encoder_context_length)
+
+
+def follow_training_mode(model: nn.Module) -> None:
+    """OneFormer's `config.is_training` switches on its text encoder (for the contrastive loss) and the dropout of
+    its pixel decoder whatever `model.training` says; with this, both act in training mode only, so that evaluation
+    needs no text inputs and is deterministic. No effect on other models."""
+    if not needs_task_inputs(model) or not getattr(model.config, "is_training", False):
+        return
+
+    def follow(module, args) -> None:
+        module.is_training = module.training
+
+    # On each module that reads the flag (not only the top one: peft calls the wrapped model's forward directly).
+    for module in model.modules():
+        if hasattr(module, "is_training"):
+            module.register_forward_pre_hook(follow)
+
+
+@contextlib.contextmanager
+def saved_for_inference(model: nn.Module):
+    """While saving: OneFormer's `config.is_training` is false, so that the saved model loads without its text
+    encoder and runs on `pixel_values` and `task_inputs` alone (transformers' pipeline gives it no text inputs)."""
+    config = getattr(model, "config", None)
+    is_training = getattr(config, "is_training", None)
+    if not needs_task_inputs(model) or not is_training:
+        yield
+        return
+    config.is_training = False
+    try:
+        yield
+    finally:
+        config.is_training = is_training
 
 
 def check_mask_classification_options(model_type: str, task: str, training_args) -> None:
-    """Refuse hfseg's per-pixel loss options, which a mask-classification model's own loss never reads, and
-    OneFormer, whose forward pass needs task-token inputs that hfseg does not build yet."""
-    if model_type == "oneformer":
-        raise HfsegError(
-            'OneFormer cannot be fine-tuned by hfseg yet: its forward pass needs `task_inputs`, the text "the task '
-            'is semantic" tokenized by its CLIP tokenizer; fine-tune a Mask2Former, MaskFormer or EoMT model instead'
-        )
+    """Refuse hfseg's per-pixel loss options, which a mask-classification model's own loss never reads."""
     if task == "binary":
         raise HfsegError(
             f"--task binary: a {model_type} model classifies masks, it has no one-logit head; drop --task binary "

@@ -18,7 +18,13 @@ from hfseg.models.binary import binary_logits_as_two_classes
 from hfseg.models.build import is_mask_classification, processor_input_size
 from hfseg.models.freezing import backbone_parameter_names
 from hfseg.models.lora import base_model_of, is_peft_model, load_adapter_weights
-from hfseg.models.mask_classification import LossParts, use_average_num_masks
+from hfseg.models.mask_classification import (
+    LossParts,
+    follow_training_mode,
+    saved_for_inference,
+    use_average_num_masks,
+    with_task_inputs,
+)
 from hfseg.models.param_groups import no_decay_parameter_names, parameter_groups
 from hfseg.training.backbone_freezing import FreezeBackboneCallback
 from hfseg.training.checkpoints import load_checkpoint_weights, save_checkpoint_atomically
@@ -36,7 +42,10 @@ class SegTrainer(Trainer):
             None keeps the model's own loss.
         A mask-classification model (Mask2Former, MaskFormer, OneFormer, EoMT) trains with its own loss on the
         batch's `mask_labels` / `class_labels` (`collate_segmentation(mask_targets=True)`); its main and auxiliary
-        parts are logged as `loss_main` and `loss_aux`.
+        parts are logged as `loss_main` and `loss_aux`. OneFormer also gets its `task_inputs` (from its config) and,
+        with `config.is_training`, the batch's `text_inputs`.
+        text_tokenizer: saved next to the model and in every checkpoint (OneFormer's CLIP tokenizer, which
+            transformers' pipeline loads to build its task inputs).
         Other arguments are `Trainer`'s. `args.head_lr_mult` (SegTrainingArguments) sets the head's lr multiple;
         `args.freeze_backbone` / `args.freeze_backbone_steps` freeze the encoder (`FreezeBackboneCallback`).
     """
@@ -47,9 +56,11 @@ class SegTrainer(Trainer):
         ignore_index: int = 255,
         inference_options: InferenceOptions | None = None,
         loss_fn=None,
+        text_tokenizer=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.text_tokenizer = text_tokenizer
         if self.args.gradient_checkpointing and not getattr(self.model, "supports_gradient_checkpointing", False):
             raise HfsegError(
                 f"--gradient_checkpointing: {type(self.model).__name__} does not support it in transformers; drop the "
@@ -75,6 +86,7 @@ class SegTrainer(Trainer):
             if loss_fn is not None:
                 raise HfsegError(f"{type(self.model).__name__} trains with its own loss; pass loss_fn=None")
             use_average_num_masks(self.model)
+            follow_training_mode(self.model)  # OneFormer: text encoder and pixel-decoder dropout in training only
             self.loss_parts = LossParts(self.model)
             self.model_accepts_loss_kwargs = False  # its loss is a per-batch mean: Trainer scales it for accumulation
             self._loss_parts_sum = None
@@ -113,7 +125,7 @@ class SegTrainer(Trainer):
         inputs = {key: value for key, value in inputs.items() if key != "labels"}
         inputs["pixel_values"] = self._pixel_values(inputs)
         self.loss_parts.pop()  # nothing left over from a pass that computed no loss
-        outputs = model(**inputs)
+        outputs = model(**with_task_inputs(self.model, inputs))
         loss = outputs.loss
         parts = self.loss_parts.pop()
         if model.training:
@@ -248,6 +260,13 @@ class SegTrainer(Trainer):
             return loss, None, None
         return loss, torch.stack(confusions), torch.zeros(len(confusions), device=labels.device)
 
+    def floating_point_ops(self, inputs) -> int:
+        """Trainer's estimate, which hashes `model.main_input_name`: OneFormer's class names a list of two
+        (`pixel_values`, `task_inputs`), a TypeError there; it gets no estimate (0, as models without one)."""
+        if isinstance(getattr(self.model, "main_input_name", None), list):
+            return 0
+        return super().floating_point_ops(inputs)
+
     def _pixel_values(self, inputs) -> torch.Tensor:
         """The batch's images, channels-last when `args.channels_last` (the model's weights are too)."""
         pixel_values = inputs["pixel_values"]
@@ -258,4 +277,7 @@ class SegTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save without Trainer's own push: with `--push_to_hub`, hfseg pushes once the card, eval results and
         pictures exist (`hfseg.hub.push.push_finished_run`), and only the files worth publishing."""
-        super().save_model(output_dir, _internal_call=True)
+        with saved_for_inference(self.model):
+            super().save_model(output_dir, _internal_call=True)
+        if self.text_tokenizer is not None and self.args.should_save:
+            self.text_tokenizer.save_pretrained(output_dir or self.args.output_dir)

@@ -1,6 +1,7 @@
-"""Mask-classification models (Mask2Former, MaskFormer, EoMT) on semantic-map targets: their own loss stays defined
-on batches without a labelled pixel, its main/auxiliary parts add up, the number of masks is averaged (not divided
-twice) over processes, and query outputs become per-pixel class scores."""
+"""Mask-classification models (Mask2Former, MaskFormer, OneFormer, EoMT) on semantic-map targets: their own loss stays
+defined on batches without a labelled pixel, its main/auxiliary parts add up, the number of masks is averaged (not
+divided twice) over processes, and query outputs become per-pixel class scores. OneFormer's task and text inputs are
+those transformers' OneFormerProcessor builds."""
 
 import json
 import socket
@@ -13,30 +14,46 @@ from conftest import TINY_MASK_CLASSIFICATION, TINY_SEGFORMER
 from hfseg.config import ModelArguments
 from hfseg.data.collate import collate_segmentation
 from hfseg.errors import HfsegError
-from hfseg.models.build import build_model, is_mask_classification
+from hfseg.models.build import build_model, build_tokenizer, is_mask_classification, load_for_inference
 from hfseg.models.mask_classification import (
     LossParts,
     check_mask_classification_options,
+    follow_training_mode,
+    text_queries_for,
     use_average_num_masks,
+    with_task_inputs,
 )
 
 ID2LABEL = {0: "road", 1: "car", 2: "sky"}
 
 
-def tiny_mask_classification_model(model_type: str):
+def tiny_mask_classification_model(model_type: str, tokenizer_dir=None):
+    """A tiny model built as `hfseg finetune` builds it; OneFormer with the tokenizer in `tokenizer_dir` (its task
+    inputs in its config, `text_queries` for its contrastive loss) and its training-only parts following the mode."""
     overrides = json.dumps(TINY_MASK_CLASSIFICATION[model_type])
-    return build_model(ModelArguments(model_type=model_type, config_overrides=overrides), ID2LABEL)
+    tokenizer_name = str(tokenizer_dir) if model_type == "oneformer" else None
+    args = ModelArguments(model_type=model_type, config_overrides=overrides, tokenizer_name_or_path=tokenizer_name)
+    model = build_model(args, ID2LABEL)
+    model.text_queries = text_queries_for(model.config, build_tokenizer(args, model.config), ID2LABEL)
+    follow_training_mode(model)
+    return model
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_MASK_CLASSIFICATION))
-def tiny_family(request):
+def tiny_family(request, tiny_clip_tokenizer):
     torch.manual_seed(0)
-    return tiny_mask_classification_model(request.param)
+    return tiny_mask_classification_model(request.param, tiny_clip_tokenizer)
 
 
-def batch_of(labels: list[torch.Tensor]) -> dict:
+def batch_of(labels: list[torch.Tensor], text_queries=None) -> dict:
     examples = [{"pixel_values": torch.randn(3, 64, 64), "labels": label} for label in labels]
-    return collate_segmentation(examples, ignore_index=255, mask_targets=True)
+    return collate_segmentation(examples, ignore_index=255, mask_targets=True, text_queries=text_queries)
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """What SegTrainer gives the model: pixels, targets, OneFormer's text inputs and (`with_task_inputs`) task."""
+    names = ("pixel_values", "mask_labels", "class_labels", "text_inputs")
+    return with_task_inputs(model, {name: batch[name] for name in names if name in batch})
 
 
 def test_is_mask_classification_tells_the_families_apart(tiny_family):
@@ -49,13 +66,11 @@ def test_is_mask_classification_tells_the_families_apart(tiny_family):
 
 
 def test_all_ignore_batch_gives_finite_loss_and_gradients(tiny_family):
-    batch = batch_of([torch.full((64, 64), 255), torch.full((64, 64), 255)])
+    batch = batch_of([torch.full((64, 64), 255), torch.full((64, 64), 255)], tiny_family.text_queries)
     assert [len(classes) for classes in batch["class_labels"]] == [0, 0]
     tiny_family.train()
     tiny_family.zero_grad()
-    outputs = tiny_family(
-        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
-    )
+    outputs = tiny_family(**model_inputs(tiny_family, batch))
     assert torch.isfinite(outputs.loss) and outputs.loss > 0  # "no object" for every query is still a loss
     outputs.loss.backward()
     grads = [p.grad for p in tiny_family.parameters() if p.grad is not None]
@@ -67,18 +82,16 @@ def test_loss_parts_add_up_to_the_loss(tiny_family):
     labels = torch.zeros(64, 64, dtype=torch.long)
     labels[:, 32:] = 2
     labels[:8] = 255
-    batch = batch_of([labels, torch.full((64, 64), 1)])
+    batch = batch_of([labels, torch.full((64, 64), 1)], tiny_family.text_queries)
     tiny_family.train()
-    outputs = tiny_family(
-        pixel_values=batch["pixel_values"], mask_labels=batch["mask_labels"], class_labels=batch["class_labels"]
-    )
+    outputs = tiny_family(**model_inputs(tiny_family, batch))
     main, auxiliary = parts.pop()
     assert torch.allclose(main + auxiliary, outputs.loss.detach(), rtol=1e-5)
     assert main > 0
     if tiny_family.config.model_type == "maskformer":  # use_auxiliary_loss is off by default (and broken in
         assert auxiliary == 0  # transformers 5.24: its decoder returns no hidden states to supervise)
     else:
-        assert auxiliary > 0  # Mask2Former's decoder layers, EoMT's earlier blocks
+        assert auxiliary > 0  # Mask2Former's and OneFormer's decoder layers, EoMT's earlier blocks
     assert parts.pop() is None  # read once
 
 
@@ -170,10 +183,54 @@ def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full():
     assert not any("lora_" in name for name, _ in merged.named_parameters())
 
 
-def test_oneformer_is_refused_with_the_reason():
-    defaults = SimpleNamespace(loss="ce", class_weights=None, class_weighting="none", label_smoothing=0.0)
-    with pytest.raises(HfsegError, match=r"OneFormer.*task_inputs.*CLIP tokenizer"):
-        check_mask_classification_options("oneformer", "multiclass", defaults)
+def test_oneformer_needs_a_tokenizer_and_keeps_its_input_projections(tiny_clip_tokenizer):
+    overrides = json.dumps(TINY_MASK_CLASSIFICATION["oneformer"])
+    args = ModelArguments(model_type="oneformer", config_overrides=overrides)
+    model = build_model(args, ID2LABEL)
+    with pytest.raises(HfsegError, match=r"--model_type oneformer.*task_inputs.*--tokenizer_name_or_path"):
+        build_tokenizer(args, model.config)
+    segformer_args = ModelArguments(
+        model_type="segformer", config_overrides=json.dumps(TINY_SEGFORMER), tokenizer_name_or_path="x"
+    )
+    with pytest.raises(HfsegError, match="--tokenizer_name_or_path x: a segformer model reads no text"):
+        build_tokenizer(segformer_args, build_model(segformer_args, ID2LABEL).config)
+    narrow = json.dumps({**TINY_MASK_CLASSIFICATION["oneformer"], "conv_dim": 32})
+    with pytest.raises(HfsegError, match="conv_dim=32, hidden_dim=64.*never saved nor loaded"):
+        build_model(ModelArguments(model_type="oneformer", config_overrides=narrow), ID2LABEL)
+
+
+def test_oneformer_task_and_text_inputs_are_the_processors(tiny_clip_tokenizer, tmp_path):
+    """Token ids of "the task is semantic" and of each image's text queries, as transformers' OneFormerProcessor
+    builds them from a semantic map (its class names from a class-info file)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoTokenizer, OneFormerImageProcessor, OneFormerProcessor
+
+    model = tiny_mask_classification_model("oneformer", tiny_clip_tokenizer)
+    config = model.config
+    num_text = config.num_queries - config.text_encoder_n_ctx
+    (tmp_path / "classes.json").write_text(
+        json.dumps({str(k): {"name": name, "isthing": 0} for k, name in ID2LABEL.items()})
+    )
+    image_processor = OneFormerImageProcessor(
+        repo_path=str(tmp_path), class_info_file="classes.json", num_text=num_text, ignore_index=255,
+        size={"height": 64, "width": 64},
+    )  # fmt: skip
+    processor = OneFormerProcessor(
+        image_processor, AutoTokenizer.from_pretrained(tiny_clip_tokenizer),
+        max_seq_length=config.text_encoder_context_length, task_seq_length=config.task_seq_len,
+    )  # fmt: skip
+    labels = torch.full((64, 64), 255)
+    labels[:, :20], labels[:, 40:] = 2, 0
+    expected = processor(
+        images=[Image.new("RGB", (64, 64))], task_inputs=["semantic"],
+        segmentation_maps=[Image.fromarray(labels.numpy().astype(np.uint8))], return_tensors="pt",
+    )  # fmt: skip
+    batch = batch_of([labels], model.text_queries)
+    assert batch["class_labels"][0].tolist() == expected["class_labels"][0].tolist() == [0, 2]
+    assert torch.equal(batch["text_inputs"], expected["text_inputs"])
+    assert batch["text_inputs"].shape == (1, num_text, config.text_encoder_context_length)
+    assert torch.equal(model_inputs(model, batch)["task_inputs"], expected["task_inputs"])
 
 
 def test_mask2former_encoder_initialised_from_an_imagenet_swin(tmp_path):
@@ -219,3 +276,36 @@ def test_seg_trainer_takes_the_own_loss_as_a_batch_mean_under_accumulation(tmp_p
     assert trainer.model_accepts_loss_kwargs is False and trainer.loss_parts is not None
     with pytest.raises(HfsegError, match="trains with its own loss"):
         SegTrainer(model=model, args=args, loss_fn=lambda logits, labels, auxiliary: logits.sum())
+
+
+def test_oneformer_checkpoint_processor_loses_its_class_info_file(saved_tiny_oneformer, tmp_path):
+    """A Hub OneFormer processor names a class-info file in a Hub data set (shi-labs/oneformer_demo), which
+    transformers downloads as the processor loads; hfseg takes the class names from id2label, so it loads the
+    processor without it (no download: the test fails on any connection) and the saved processor names none."""
+    import shutil
+
+    from hfseg.models.build import build_image_processor
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(saved_tiny_oneformer, checkpoint)
+    config = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    config.update(class_info_file="ade20k_panoptic.json", repo_path="shi-labs/oneformer_demo", num_text=134)
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps({**config, "num_labels": 150}))
+    processor = build_image_processor(ModelArguments(model_name_or_path=str(checkpoint)))
+    processor.save_pretrained(tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
+    assert not {"class_info_file", "num_text", "num_labels", "metadata"} & set(saved)
+    _, loaded = load_for_inference(str(checkpoint))  # hfseg evaluate / predict on such a checkpoint
+    assert type(loaded).__name__.startswith("OneFormerImageProcessor") and loaded.class_info_file is None
+
+
+def test_oneformer_loss_counts_masks_with_hfseg_average(tiny_clip_tokenizer):
+    """OneFormer's own loss module is found and normalised like the others (one process: the batch's mask count)."""
+    from hfseg.models.mask_classification import average_num_masks, criteria
+
+    model = tiny_mask_classification_model("oneformer", tiny_clip_tokenizer)
+    assert [type(criterion).__name__ for criterion in criteria(model)] == ["OneFormerLoss"]
+    use_average_num_masks(model)
+    assert model.criterion.get_num_masks is average_num_masks
+    class_labels = [torch.zeros(3, dtype=torch.long), torch.zeros(5, dtype=torch.long)]
+    assert model.criterion.get_num_masks(class_labels, torch.device("cpu")).item() == 8.0
