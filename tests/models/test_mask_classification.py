@@ -139,35 +139,40 @@ def test_num_masks_is_the_mean_over_processes(tmp_path):
     assert [result["num_masks"] for result in results] == [4.0, 4.0]
 
 
-def training_step_batch() -> dict:
+def training_step_batch(model=None) -> dict:
     labels = torch.zeros(64, 64, dtype=torch.long)
     labels[20:, 10:50] = 1
-    batch = batch_of([labels, torch.full((64, 64), 2)])
+    batch = batch_of([labels, torch.full((64, 64), 2)], getattr(model, "text_queries", None))
+    if model is not None:
+        return model_inputs(model, batch)
     return {key: batch[key] for key in ("pixel_values", "mask_labels", "class_labels")}
 
 
-@pytest.mark.parametrize("model_type", ["mask2former", "maskformer"])
-def test_freeze_backbone_freezes_only_the_image_encoder(model_type):
+@pytest.mark.parametrize("model_type", ["mask2former", "maskformer", "oneformer"])
+def test_freeze_backbone_freezes_only_the_image_encoder(model_type, tiny_clip_tokenizer):
     from hfseg.models.freezing import backbone_parameter_names, set_backbone_frozen
 
-    model = tiny_mask_classification_model(model_type)
+    model = tiny_mask_classification_model(model_type, tiny_clip_tokenizer)
     encoder = {name for name, _ in model.named_parameters() if name.startswith("model.pixel_level_module.encoder.")}
     assert encoder and backbone_parameter_names(model) == encoder
     set_backbone_frozen(model, True)
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable and not trainable & encoder
     assert any(name.startswith("model.pixel_level_module.decoder.") for name in trainable)  # pixel decoder trains
-    assert any(name.startswith("class_predictor.") for name in trainable)
+    classifier = [name for name in trainable if "class_predictor" in name or "class_embed" in name]
+    assert classifier  # the class head trains
     model.train()
-    model(**training_step_batch()).loss.backward()
+    model(**training_step_batch(model)).loss.backward()
     assert all(parameter.grad is None for name, parameter in model.named_parameters() if name in encoder)
-    assert all(model.get_parameter(name).grad is not None for name in trainable if "class_predictor" in name)
+    assert all(model.get_parameter(name).grad is not None for name in classifier)
 
 
-def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full():
+@pytest.mark.parametrize("model_type", ["mask2former", "oneformer"])
+def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full(model_type, tiny_clip_tokenizer):
     from hfseg.models.lora import apply_lora, merged_model
 
-    model = tiny_mask_classification_model("mask2former")
+    model = tiny_mask_classification_model(model_type, tiny_clip_tokenizer)
+    model_class = type(model).__name__
     peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0)
     trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
     lora = [name for name in trainable if "lora_" in name]
@@ -175,11 +180,11 @@ def test_lora_adapts_the_swin_encoder_and_trains_the_heads_in_full():
     assert any(".transformer_module." in name and "lora_" not in name for name in trainable)  # decoder in full
     assert not any(".pixel_level_module.encoder." in name for name in trainable if "lora_" not in name)
     peft_model.train()
-    loss = peft_model(**training_step_batch()).loss
+    loss = peft_model(**training_step_batch(model)).loss
     assert torch.isfinite(loss)
     loss.backward()
     merged = merged_model(peft_model).eval()
-    assert type(merged).__name__ == "Mask2FormerForUniversalSegmentation" and is_mask_classification(merged)
+    assert type(merged).__name__ == model_class and is_mask_classification(merged)
     assert not any("lora_" in name for name, _ in merged.named_parameters())
 
 
