@@ -5,6 +5,7 @@ per-pixel class scores from their (class, mask) query outputs."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 
 import torch
@@ -19,11 +20,24 @@ AUXILIARY_LOSS_KEY = re.compile(r"_\d+$")
 #: of "the task is semantic", padded with 0 to `task_seq_len`, so that any code holding the model can run it.
 TASK_INPUTS_ATTRIBUTE = "hfseg_task_inputs"
 
+logger = logging.getLogger(__name__)
 
-def check_oneformer_config(config) -> None:
-    """Refuse a OneFormer config whose input projections would be lost: transformers' `OneFormerTransformerModule`
-    keeps them in a plain list, outside the state dict, so when `conv_dim != hidden_dim` (or `enforce_input_proj`)
-    they are neither saved nor loaded, and a reloaded model computes with uninitialised weights."""
+
+def check_mask_classification_config(config) -> None:
+    """Fit a mask-classification config to what transformers can train, before the model is built.
+
+    MaskFormer's per-layer (auxiliary) loss is switched off with a warning: transformers' MaskFormer stacks decoder
+    hidden states it only keeps when asked for them (a TypeError mid-step), and those would be the decoder's raw input
+    and un-normalised layers. A OneFormer config whose input projections would be lost is refused: transformers'
+    `OneFormerTransformerModule` keeps them in a plain list, outside the state dict, so when `conv_dim != hidden_dim`
+    (or `enforce_input_proj`) they are neither saved nor loaded, and a reloaded model computes with uninitialised
+    weights."""
+    if getattr(config, "model_type", None) == "maskformer" and getattr(config, "use_auxiliary_loss", False):
+        logger.warning(
+            "MaskFormer: use_auxiliary_loss switched off (transformers' MaskFormer cannot compute its per-layer "
+            "loss); it trains on its last decoder layer, and loss_aux stays 0"
+        )
+        config.use_auxiliary_loss = False
     if not needs_task_inputs(config):
         return
     if config.conv_dim != config.hidden_dim or config.enforce_input_proj:

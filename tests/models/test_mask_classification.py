@@ -314,3 +314,15 @@ def test_oneformer_loss_counts_masks_with_hfseg_average(tiny_clip_tokenizer):
     assert model.criterion.get_num_masks is average_num_masks
     class_labels = [torch.zeros(3, dtype=torch.long), torch.zeros(5, dtype=torch.long)]
     assert model.criterion.get_num_masks(class_labels, torch.device("cpu")).item() == 8.0
+
+
+def test_maskformer_asked_for_its_auxiliary_loss_trains_without_it_and_says_so(caplog):
+    """transformers' MaskFormer raises a TypeError mid-step with use_auxiliary_loss (as a checkpoint may ship it)."""
+    overrides = {**TINY_MASK_CLASSIFICATION["maskformer"], "use_auxiliary_loss": True}
+    with caplog.at_level("WARNING"):
+        model = build_model(ModelArguments(model_type="maskformer", config_overrides=json.dumps(overrides)), ID2LABEL)
+    assert model.config.use_auxiliary_loss is False
+    assert "MaskFormer: use_auxiliary_loss switched off" in caplog.text
+    model.train()
+    loss = model(**training_step_batch()).loss
+    assert torch.isfinite(loss)
