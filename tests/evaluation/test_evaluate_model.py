@@ -193,7 +193,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved_model", ["saved_tiny_model", "saved_tiny_mask2former"])
+@pytest.mark.parametrize("saved_model", ["saved_tiny_model", "saved_tiny_mask2former", "saved_tiny_oneformer"])
 def test_two_processes_give_exactly_the_one_process_result(saved_model, saved_data, tmp_path, request):
     """5 images over 2 CPU processes (gloo): the sampler pads rank 1 with a duplicate that must not count."""
     model = request.getfixturevalue(saved_model)
