@@ -3,6 +3,7 @@ class scores equal transformers' `post_process_semantic_segmentation`, slide and
 load in both pipelines and in `hfseg evaluate` / `hfseg predict`."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from hfseg.evaluation.inference import (
     upsample_logits,
 )
 from hfseg.evaluation.pipeline import segmentation_pipeline
+from hfseg.hub.push import files_to_push
 from hfseg.models.build import is_mask_classification, load_for_inference
 from hfseg.models.mask_classification import with_task_inputs
 
@@ -119,7 +121,7 @@ SAVED_MODELS = ("saved_tiny_mask2former", "saved_tiny_oneformer")
 
 
 @pytest.mark.parametrize("saved", SAVED_MODELS)
-def test_saved_model_works_in_both_pipelines(saved, request):
+def test_saved_model_works_in_both_pipelines(saved, request, tmp_path):
     saved_tiny_mask2former = request.getfixturevalue(saved)
     image = make_synthetic_dataset(train_size=1, eval_size=1, seed=7, min_size=56, max_size=90)["validation"][0]
     image = image["image"].convert("RGB")
@@ -142,6 +144,12 @@ def test_saved_model_works_in_both_pipelines(saved, request):
     plain = as_map(plain_pipeline(image, subtask="semantic"))
     # The processor's PIL resize and hfseg's torchvision resize differ by rounding only.
     assert (plain == ours).mean() > 0.98
+    # What `hfseg push` uploads is enough for the pipeline (OneFormer: its tokenizer files too).
+    pushed = tmp_path / "pushed"
+    pushed.mkdir()
+    for name in files_to_push(saved_tiny_mask2former):
+        shutil.copy(saved_tiny_mask2former / name, pushed / name)
+    assert np.array_equal(as_map(pipeline("image-segmentation", model=str(pushed))(image, subtask="semantic")), plain)
     if model.config.model_type == "oneformer":  # the pipeline tokenizes the task itself, padded with the pad id
         task_seq_len = model.config.task_seq_len
         task_inputs = plain_pipeline.tokenizer("the task is semantic", padding="max_length", max_length=task_seq_len)
