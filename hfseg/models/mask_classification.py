@@ -26,16 +26,17 @@ logger = logging.getLogger(__name__)
 def check_mask_classification_config(config) -> None:
     """Fit a mask-classification config to what transformers can train, before the model is built.
 
-    MaskFormer's per-layer (auxiliary) loss is switched off with a warning: transformers' MaskFormer stacks decoder
-    hidden states it only keeps when asked for them (a TypeError mid-step), and those would be the decoder's raw input
-    and un-normalised layers. A OneFormer config whose input projections would be lost is refused: transformers'
-    `OneFormerTransformerModule` keeps them in a plain list, outside the state dict, so when `conv_dim != hidden_dim`
-    (or `enforce_input_proj`) they are neither saved nor loaded, and a reloaded model computes with uninitialised
-    weights."""
+    MaskFormer's `use_auxiliary_loss` is set to false: transformers' MaskFormer stacks decoder hidden states it only
+    keeps when asked for them (a TypeError mid-step), and those would be the decoder's raw input and un-normalised
+    layers; `supervise_every_decoder_layer` computes the per-layer terms instead.
+
+    A OneFormer config whose input projections would be lost is refused: transformers' `OneFormerTransformerModule`
+    keeps them in a plain list, outside the state dict, so when `conv_dim != hidden_dim` (or `enforce_input_proj`)
+    they are neither saved nor loaded, and a reloaded model computes with uninitialised weights."""
     if getattr(config, "model_type", None) == "maskformer" and getattr(config, "use_auxiliary_loss", False):
-        logger.warning(
-            "MaskFormer: use_auxiliary_loss switched off (transformers' MaskFormer cannot compute its per-layer "
-            "loss); it trains on its last decoder layer, and loss_aux stays 0"
+        logger.info(
+            "MaskFormer: use_auxiliary_loss set to false (transformers' own per-layer loss fails); hfseg's trainer "
+            "supervises every decoder layer itself (`supervise_every_decoder_layer`)"
         )
         config.use_auxiliary_loss = False
     if not needs_task_inputs(config):
@@ -88,6 +89,54 @@ def text_queries_for(config, tokenizer, id2label: dict[int, str]) -> TextQueries
         return None
     num_text = config.num_queries - config.text_encoder_n_ctx  # the text encoder's prompt fills the other queries
     return TextQueries(tokenizer, id2label, num_text, config.text_encoder_context_length)
+
+
+def supervise_every_decoder_layer(model: nn.Module) -> None:
+    """MaskFormer in training: class and mask predictions from every decoder layer, each matched and scored by the
+    model's own loss (deep supervision, as the original MaskFormer and mmsegmentation train it). No effect on other
+    models, nor in evaluation.
+
+    The predictions of a layer are those of the last one: the decoder's final layer norm, then the model's class
+    head and mask embedder against the pixel decoder's embeddings. They reach the model's loss as its
+    `get_logits` returns them with `use_auxiliary_loss` (`layer_predictions`), which transformers' MaskFormer
+    cannot compute itself (`check_mask_classification_config`)."""
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "model_type", None) == "maskformer" and hasattr(
+            module, "get_logits"
+        ):
+            _supervise_layers(module)
+
+
+def _supervise_layers(model: nn.Module) -> None:
+    if getattr(model, "_supervises_every_layer", False):
+        return
+    decoder = model.model.transformer_module.decoder
+    layer_outputs: list[torch.Tensor] = []
+    decoder.register_forward_pre_hook(lambda module, args: layer_outputs.clear())
+    for layer in decoder.layers:
+        layer.register_forward_hook(lambda module, args, output: layer_outputs.append(output))
+    last_layer_logits = model.get_logits
+
+    def get_logits(outputs):
+        class_queries_logits, masks_queries_logits, auxiliary_logits = last_layer_logits(outputs)
+        if model.training and not auxiliary_logits:
+            pixel_embeddings = outputs.pixel_decoder_last_hidden_state
+            auxiliary_logits = [layer_predictions(model, hidden, pixel_embeddings) for hidden in layer_outputs[:-1]]
+        return class_queries_logits, masks_queries_logits, auxiliary_logits
+
+    model.get_logits = get_logits
+    model._supervises_every_layer = True
+
+
+def layer_predictions(model: nn.Module, hidden_states: torch.Tensor, pixel_embeddings: torch.Tensor) -> dict:
+    """A MaskFormer decoder layer's output (B, Q, C) -> its `class_queries_logits` (B, Q, K + 1) and
+    `masks_queries_logits` (B, Q, h, w), as the model predicts from its last layer."""
+    hidden_states = model.model.transformer_module.decoder.layernorm(hidden_states)
+    mask_embeddings = model.mask_embedder(hidden_states)
+    return {
+        "masks_queries_logits": torch.einsum("bqc,bchw->bqhw", mask_embeddings, pixel_embeddings),
+        "class_queries_logits": model.class_predictor(hidden_states),
+    }
 
 
 def follow_training_mode(model: nn.Module) -> None:

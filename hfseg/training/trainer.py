@@ -22,6 +22,7 @@ from hfseg.models.mask_classification import (
     LossParts,
     follow_training_mode,
     saved_for_inference,
+    supervise_every_decoder_layer,
     use_average_num_masks,
     with_task_inputs,
 )
@@ -87,6 +88,7 @@ class SegTrainer(Trainer):
                 raise HfsegError(f"{type(self.model).__name__} trains with its own loss; pass loss_fn=None")
             use_average_num_masks(self.model)
             follow_training_mode(self.model)  # OneFormer: text encoder and pixel-decoder dropout in training only
+            supervise_every_decoder_layer(self.model)  # MaskFormer: the per-layer terms transformers cannot compute
             self.loss_parts = LossParts(self.model)
             self.model_accepts_loss_kwargs = False  # its loss is a per-batch mean: Trainer scales it for accumulation
             self._loss_parts_sum = None

@@ -19,6 +19,8 @@ from hfseg.models.mask_classification import (
     LossParts,
     check_mask_classification_options,
     follow_training_mode,
+    layer_predictions,
+    supervise_every_decoder_layer,
     text_queries_for,
     use_average_num_masks,
     with_task_inputs,
@@ -36,6 +38,7 @@ def tiny_mask_classification_model(model_type: str, tokenizer_dir=None):
     model = build_model(args, ID2LABEL)
     model.text_queries = text_queries_for(model.config, build_tokenizer(args, model.config), ID2LABEL)
     follow_training_mode(model)
+    supervise_every_decoder_layer(model)
     return model
 
 
@@ -88,10 +91,7 @@ def test_loss_parts_add_up_to_the_loss(tiny_family):
     main, auxiliary = parts.pop()
     assert torch.allclose(main + auxiliary, outputs.loss.detach(), rtol=1e-5)
     assert main > 0
-    if tiny_family.config.model_type == "maskformer":  # use_auxiliary_loss is off by default (and broken in
-        assert auxiliary == 0  # transformers 5.24: its decoder returns no hidden states to supervise)
-    else:
-        assert auxiliary > 0  # Mask2Former's and OneFormer's decoder layers, EoMT's earlier blocks
+    assert auxiliary > 0  # the earlier decoder layers (EoMT: the earlier blocks)
     assert parts.pop() is None  # read once
 
 
@@ -316,13 +316,34 @@ def test_oneformer_loss_counts_masks_with_hfseg_average(tiny_clip_tokenizer):
     assert model.criterion.get_num_masks(class_labels, torch.device("cpu")).item() == 8.0
 
 
-def test_maskformer_asked_for_its_auxiliary_loss_trains_without_it_and_says_so(caplog):
-    """transformers' MaskFormer raises a TypeError mid-step with use_auxiliary_loss (as a checkpoint may ship it)."""
+def test_maskformer_supervises_every_decoder_layer_with_its_last_layers_heads(caplog):
+    """transformers' MaskFormer raises a TypeError mid-step with use_auxiliary_loss (as a checkpoint may ship it):
+    hfseg switches it off and computes the per-layer predictions itself, in training only."""
     overrides = {**TINY_MASK_CLASSIFICATION["maskformer"], "use_auxiliary_loss": True}
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         model = build_model(ModelArguments(model_type="maskformer", config_overrides=json.dumps(overrides)), ID2LABEL)
-    assert model.config.use_auxiliary_loss is False
-    assert "MaskFormer: use_auxiliary_loss switched off" in caplog.text
+    assert model.config.use_auxiliary_loss is False and "use_auxiliary_loss set to false" in caplog.text
+    supervise_every_decoder_layer(model)
+    supervise_every_decoder_layer(model)  # once is enough: the hooks are not added twice
+    decoder = model.model.transformer_module.decoder
+    outputs_of_layers = []
+    for layer in decoder.layers:
+        layer.register_forward_hook(lambda module, args, output: outputs_of_layers.append(output))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.randn(2, 3, 64, 64), output_auxiliary_logits=True)
+    assert not outputs.auxiliary_logits  # evaluation: the last layer alone
+    # The last layer's output through the same path gives the model's own predictions.
+    last = layer_predictions(model, outputs_of_layers[-1], outputs.pixel_decoder_last_hidden_state)
+    torch.testing.assert_close(last["class_queries_logits"], outputs.class_queries_logits)
+    torch.testing.assert_close(last["masks_queries_logits"], outputs.masks_queries_logits)
+
+    parts = LossParts(model)
     model.train()
-    loss = model(**training_step_batch()).loss
-    assert torch.isfinite(loss)
+    outputs = model(**training_step_batch(), output_auxiliary_logits=True)
+    assert len(outputs.auxiliary_logits) == len(decoder.layers) - 1 >= 1
+    main, auxiliary = parts.pop()
+    assert torch.isfinite(outputs.loss) and main > 0 and auxiliary > 0
+    torch.testing.assert_close(main + auxiliary, outputs.loss.detach())
+    outputs.loss.backward()
+    assert model.class_predictor.weight.grad is not None
