@@ -375,18 +375,25 @@ def _with_spread_heads(model, mask_scale: float, class_scale: float = 30.0):
     return model
 
 
-def save_tiny_mask2former(directory, id2label: dict[int, str], image_size: int = 64):
-    """A tiny random-init Mask2Former saved with its image processor (semantic labels, no reduction)."""
-    from transformers import Mask2FormerImageProcessor
+def save_tiny_mask_classification(directory, model_type, id2label: dict[int, str], tokenizer_dir=None, image_size=64):
+    """A tiny random-init Mask2Former or OneFormer saved as `hfseg finetune` saves one: model, image processor
+    (semantic labels, no reduction) and, for OneFormer, the CLIP tokenizer hfseg loads (padding with id 0; the
+    model's config holds its task token ids)."""
+    from transformers import Mask2FormerImageProcessor, OneFormerImageProcessor
 
-    model = tiny_mask_classification_model("mask2former", len(id2label))
+    from hfseg.models.build import load_text_tokenizer
+
+    model = tiny_mask_classification_model(model_type, len(id2label), tokenizer_dir=tokenizer_dir)
     model.config.id2label = {int(k): v for k, v in id2label.items()}
     model.config.label2id = {v: int(k) for k, v in id2label.items()}
     model.save_pretrained(directory)
-    processor = Mask2FormerImageProcessor(
+    processor_class = OneFormerImageProcessor if model_type == "oneformer" else Mask2FormerImageProcessor
+    processor = processor_class(
         size={"height": image_size, "width": image_size}, do_reduce_labels=False, ignore_index=255
     )
     processor.save_pretrained(directory)
+    if tokenizer_dir is not None:
+        load_text_tokenizer(str(tokenizer_dir), "--tokenizer_name_or_path", {}).save_pretrained(directory)
     return Path(directory)
 
 
@@ -395,26 +402,8 @@ def saved_tiny_mask2former(tmp_path_factory):
     """A saved tiny Mask2Former for the synthetic classes."""
     from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 
-    return save_tiny_mask2former(tmp_path_factory.mktemp("tiny_mask2former"), SYNTHETIC_ID2LABEL)
-
-
-def save_tiny_oneformer(directory, id2label: dict[int, str], tokenizer_dir, image_size: int = 64):
-    """A tiny random-init OneFormer saved as `hfseg finetune` saves one: model (config with its task token ids),
-    image processor and the CLIP tokenizer hfseg loads (padding with id 0)."""
-    from transformers import OneFormerImageProcessor
-
-    from hfseg.models.build import load_text_tokenizer
-
-    model = tiny_mask_classification_model("oneformer", len(id2label), tokenizer_dir=tokenizer_dir)
-    model.config.id2label = {int(k): v for k, v in id2label.items()}
-    model.config.label2id = {v: int(k) for k, v in id2label.items()}
-    model.save_pretrained(directory)
-    processor = OneFormerImageProcessor(
-        size={"height": image_size, "width": image_size}, do_reduce_labels=False, ignore_index=255
-    )
-    processor.save_pretrained(directory)
-    load_text_tokenizer(str(tokenizer_dir), "--tokenizer_name_or_path", {}).save_pretrained(directory)
-    return Path(directory)
+    directory = tmp_path_factory.mktemp("tiny_mask2former")
+    return save_tiny_mask_classification(directory, "mask2former", SYNTHETIC_ID2LABEL)
 
 
 @pytest.fixture(scope="session")
@@ -422,4 +411,5 @@ def saved_tiny_oneformer(tmp_path_factory, tiny_clip_tokenizer):
     """A saved tiny OneFormer for the synthetic classes, with its tokenizer."""
     from hfseg.data.synthetic import SYNTHETIC_ID2LABEL
 
-    return save_tiny_oneformer(tmp_path_factory.mktemp("tiny_oneformer"), SYNTHETIC_ID2LABEL, tiny_clip_tokenizer)
+    directory = tmp_path_factory.mktemp("tiny_oneformer")
+    return save_tiny_mask_classification(directory, "oneformer", SYNTHETIC_ID2LABEL, tiny_clip_tokenizer)
