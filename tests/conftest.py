@@ -103,7 +103,7 @@ TINY_MASK_CLASSIFICATION = {
     },
     # is_training: with its text encoder and query-text contrastive loss. Its text queries are projected to hidden_dim
     # and joined with prompt embeddings of text_encoder_width, so the two must be equal (64: one attention head);
-    # conv_dim and mask_dim too (`check_mask_classification_config`; the query projection reads the mask features).
+    # conv_dim and mask_dim too (`fit_mask_classification_config`; the query projection reads the mask features).
     "oneformer": {
         "backbone_config": TINY_SWIN_BACKBONE, "conv_dim": 64, "mask_dim": 64, "hidden_dim": 64,
         "encoder_feedforward_dim": 64, "encoder_layers": 1, "decoder_layers": 3, "query_dec_layers": 1,

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from hfseg.config import BINARY_LOSSES, parse_loss
 from hfseg.errors import HfsegError
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ def resolve_task(task: str, id2label: dict[int, str], mask_classification: bool,
     """
     if task != "auto":
         return task
-    from hfseg.config import BINARY_LOSSES, parse_loss
-
     names = [name for name, _ in parse_loss(loss)] if loss else []
     classes = ", ".join(f"{k}={v}" for k, v in sorted(id2label.items()))
     if len(id2label) != 2:

@@ -24,7 +24,7 @@ from hfseg.models.binary import binary_id2label
 from hfseg.models.channels import adapt_model_input_channels
 from hfseg.models.mask_classification import (
     TASK_INPUTS_ATTRIBUTE,
-    check_mask_classification_config,
+    fit_mask_classification_config,
     needs_task_inputs,
     set_task_inputs,
 )
@@ -108,7 +108,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
         if backbone is None and isinstance(overrides.get("backbone_config"), dict):
             overrides["backbone_config"] = backbone_config_with_layers(overrides["backbone_config"], out_indices)
         config = AutoConfig.for_model(model_args.model_type, **overrides, **labels)
-        check_mask_classification_config(config)
+        fit_mask_classification_config(config)
         model = model_class_for(config).from_config(config)
         if backbone is not None:
             encoder = model.get_submodule(ENCODER_PATHS.get(config.model_type, "backbone"))
@@ -121,7 +121,7 @@ def build_model(model_args, id2label: dict[int, str], ignore_index: int = 255):
     config = load_segmentation_config(model_args, overrides)
     for key, value in labels.items():
         setattr(config, key, value)
-    check_mask_classification_config(config)
+    fit_mask_classification_config(config)
     model = model_class_for(config).from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, use_safetensors=None, **kwargs
     )

@@ -23,7 +23,7 @@ TASK_INPUTS_ATTRIBUTE = "hfseg_task_inputs"
 logger = logging.getLogger(__name__)
 
 
-def check_mask_classification_config(config) -> None:
+def fit_mask_classification_config(config) -> None:
     """Fit a mask-classification config to what transformers can train, before the model is built.
 
     MaskFormer's `use_auxiliary_loss` is set to false: transformers' MaskFormer stacks decoder hidden states it only
@@ -99,7 +99,7 @@ def supervise_every_decoder_layer(model: nn.Module) -> None:
     The predictions of a layer are those of the last one: the decoder's final layer norm, then the model's class
     head and mask embedder against the pixel decoder's embeddings. They reach the model's loss as its
     `get_logits` returns them with `use_auxiliary_loss` (`layer_predictions`), which transformers' MaskFormer
-    cannot compute itself (`check_mask_classification_config`)."""
+    cannot compute itself (`fit_mask_classification_config`)."""
     for module in model.modules():
         if getattr(getattr(module, "config", None), "model_type", None) == "maskformer" and hasattr(
             module, "get_logits"
